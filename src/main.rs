@@ -1,1 +1,293 @@
-fn main() {}
+//! `tally`: one binary for every Tally service and admin command.
+//!
+//! Services (`ingest`, `processor`, `query-api`) run until SIGINT/SIGTERM and then shut down
+//! gracefully. Admin commands (`migrate`, `keys`, `prices`, `dlq`, `config`) do one thing and
+//! exit non-zero with a message naming what failed. Configuration: see `tally config --help`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rust_decimal::Decimal;
+use tally_common::{keys, migrate, shutdown, stores, telemetry, Config};
+use tally_processor::{dlq, prices};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Tally: exact cost and usage telemetry for LLM traffic")]
+struct Cli {
+    /// TOML configuration file (defaults, then this file, then TALLY__SECTION__KEY variables).
+    #[arg(long, global = true, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP ingest service (POST /v1/events).
+    Ingest {
+        /// Listen address; overrides ingest.listen.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run a processor worker (Kafka consumer group member).
+    Processor {
+        /// Health/metrics listen address; overrides processor.listen.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run the query API (costs, agent run history).
+    QueryApi {
+        /// Listen address; overrides query.listen.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Apply Postgres and ClickHouse migrations, create the Kafka topics, seed default prices.
+    Migrate,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage the model price table.
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
+    /// Inspect and replay the dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Print the effective configuration (secrets hidden).
+    Config,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for a project (created if new). The key is printed once.
+    Create {
+        #[arg(long)]
+        project: String,
+    },
+    /// Revoke a key by id or printed prefix.
+    Revoke { id_or_prefix: String },
+    /// List keys (never the keys themselves).
+    List {
+        #[arg(long)]
+        project: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// List all prices.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or replace one price row.
+    Set {
+        #[arg(long)]
+        provider: String,
+        /// Exact model name, or a prefix ending in '*'.
+        #[arg(long)]
+        model: String,
+        /// USD per million input tokens.
+        #[arg(long)]
+        input: String,
+        /// USD per million output tokens.
+        #[arg(long)]
+        output: String,
+        /// USD per million cache-read tokens (default: the input price).
+        #[arg(long)]
+        cache_read: Option<String>,
+        /// USD per million cache-creation tokens (default: the input price).
+        #[arg(long)]
+        cache_creation: Option<String>,
+        /// RFC 3339 time from which the price applies (default: now).
+        #[arg(long)]
+        effective_from: Option<String>,
+    },
+    /// Import a CSV file (header: provider,model_pattern,input_per_mtok,output_per_mtok,cache_read_per_mtok,cache_creation_per_mtok,currency,effective_from).
+    Import { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered messages with their reasons.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Produce dead-lettered messages back to the events topic.
+    Replay {
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    telemetry::init_tracing(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Ingest { listen } => {
+                let address = listen.unwrap_or_else(|| config.ingest.listen.clone());
+                config.ingest.listen = address.clone();
+                let listener = bind(&address).await?;
+                tally_ingest::serve(config, listener, shutdown::on_signals()).await
+            }
+            Command::Processor { listen } => {
+                let address = listen.unwrap_or_else(|| config.processor.listen.clone());
+                let listener = bind(&address).await?;
+                tally_processor::serve(config, listener, shutdown::on_signals()).await
+            }
+            Command::QueryApi { listen } => {
+                let address = listen.unwrap_or_else(|| config.query.listen.clone());
+                let listener = bind(&address).await?;
+                tally_query_api::serve(config, listener, shutdown::on_signals()).await
+            }
+            Command::Migrate => run_migrate(&config).await,
+            Command::Keys { command } => run_keys(&config, command).await,
+            Command::Prices { command } => run_prices(&config, command).await,
+            Command::Dlq { command } => run_dlq(&config, command).await,
+            Command::Config => {
+                println!("{config:#?}");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn bind(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))
+}
+
+async fn run_migrate(config: &Config) -> anyhow::Result<()> {
+    let report = migrate::run_all(config).await?;
+    let pool = stores::postgres_pool(&config.postgres)?;
+    let defaults = prices::parse_csv(prices::DEFAULT_PRICES_CSV, "migrations/seed/model_prices.csv")?;
+    let seeded = prices::seed(&pool, &defaults).await?;
+    let list = |files: &[String]| if files.is_empty() { "up to date".to_string() } else { format!("applied {}", files.join(", ")) };
+    println!("postgres:   {}", list(&report.postgres_applied));
+    println!("clickhouse: {} (database {})", list(&report.clickhouse_applied), config.clickhouse.database);
+    println!(
+        "kafka:      {}",
+        if report.topics_created.is_empty() { "topics exist".to_string() } else { format!("created {}", report.topics_created.join(", ")) }
+    );
+    println!("prices:     {seeded} default prices added ({} in the shipped list)", defaults.len());
+    Ok(())
+}
+
+async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let pool = stores::postgres_pool(&config.postgres)?;
+    match command {
+        KeysCommand::Create { project } => {
+            let created = keys::create_key(&pool, &project).await?;
+            eprintln!("Created key {} for project {}. It is shown only now; store it safely:", created.id, created.project_id);
+            println!("{}", created.key);
+        }
+        KeysCommand::Revoke { id_or_prefix } => {
+            let revoked = keys::revoke_key(&pool, &id_or_prefix).await?;
+            println!("revoked key {} ({}) of project {}", revoked.id, revoked.key_prefix, revoked.project_id);
+        }
+        KeysCommand::List { project } => {
+            println!("{:<36}  {:<20}  {:<16}  {:<25}  revoked", "id", "project", "prefix", "created");
+            for key in keys::list_keys(&pool, project.as_deref()).await? {
+                println!(
+                    "{:<36}  {:<20}  {:<16}  {:<25}  {}",
+                    key.id,
+                    key.project_id,
+                    key.key_prefix,
+                    key.created_at.format(&Rfc3339)?,
+                    key.revoked_at.map(|t| t.format(&Rfc3339).unwrap_or_default()).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn decimal(name: &str, value: &str) -> anyhow::Result<Decimal> {
+    Decimal::from_str(value).with_context(|| format!("--{name} {value:?} is not a decimal number"))
+}
+
+async fn run_prices(config: &Config, command: PricesCommand) -> anyhow::Result<()> {
+    let pool = stores::postgres_pool(&config.postgres)?;
+    match command {
+        PricesCommand::List { json } => {
+            let rows = prices::list(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<10} {:<36} {:>10} {:>10} {:>11} {:>14}  effective_from", "provider", "model_pattern", "input", "output", "cache_read", "cache_creation");
+                for row in rows {
+                    println!(
+                        "{:<10} {:<36} {:>10} {:>10} {:>11} {:>14}  {}",
+                        row.provider,
+                        row.model_pattern,
+                        row.input_per_mtok.normalize(),
+                        row.output_per_mtok.normalize(),
+                        row.cache_read_per_mtok.normalize(),
+                        row.cache_creation_per_mtok.normalize(),
+                        row.effective_from.format(&Rfc3339)?
+                    );
+                }
+                println!("(USD per million tokens)");
+            }
+        }
+        PricesCommand::Set { provider, model, input, output, cache_read, cache_creation, effective_from } => {
+            let input_price = decimal("input", &input)?;
+            let price = prices::ModelPrice {
+                provider: provider.to_ascii_lowercase(),
+                model_pattern: model,
+                input_per_mtok: input_price,
+                output_per_mtok: decimal("output", &output)?,
+                cache_read_per_mtok: cache_read.map(|v| decimal("cache-read", &v)).transpose()?.unwrap_or(input_price),
+                cache_creation_per_mtok: cache_creation.map(|v| decimal("cache-creation", &v)).transpose()?.unwrap_or(input_price),
+                currency: "USD".into(),
+                effective_from: match effective_from {
+                    Some(text) => OffsetDateTime::parse(&text, &Rfc3339).with_context(|| format!("--effective-from {text:?} is not RFC 3339"))?,
+                    None => OffsetDateTime::now_utc(),
+                },
+            };
+            prices::upsert(&pool, &[price.clone()]).await?;
+            println!("price set: {} {} from {}", price.provider, price.model_pattern, price.effective_from.format(&Rfc3339)?);
+        }
+        PricesCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let rows = prices::parse_csv(&text, &file.display().to_string())?;
+            let changed = prices::upsert(&pool, &rows).await?;
+            println!("imported {} rows from {} ({changed} inserted or updated)", rows.len(), file.display());
+        }
+    }
+    println!("running processors pick up price changes within processor.price_refresh_secs ({} s)", config.processor.price_refresh_secs);
+    Ok(())
+}
+
+async fn run_dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { limit } => {
+            let kafka = config.kafka.clone();
+            let letters = tokio::task::spawn_blocking(move || dlq::read(&kafka, limit)).await??;
+            if letters.is_empty() {
+                println!("the dead-letter topic {} is empty", config.kafka.dead_letter_topic);
+            }
+            for letter in letters {
+                println!("{}", serde_json::to_string(&letter)?);
+            }
+        }
+        DlqCommand::Replay { limit } => {
+            let replayed = dlq::replay(&config.kafka, limit).await?;
+            println!("replayed {replayed} messages to {}", config.kafka.topic);
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,22 @@
-//! placeholder
+//! What every Tally service shares, so that each service crate holds only its own logic.
+//!
+//! # Layout
+//! - [`config`]: the one configuration (defaults, then a file, then `TALLY__SECTION__KEY`).
+//! - [`telemetry`]: tracing setup and the Prometheus `/metrics` and HTTP request metrics.
+//! - [`shutdown`]: the cancellation token every task watches (SIGINT/SIGTERM).
+//! - [`stores`]: connecting to Postgres, ClickHouse, Redis and Kafka from the config.
+//! - [`migrate`]: versioned migrations for Postgres and ClickHouse, and the Kafka topics.
+//! - [`keys`]: projects and API keys (stored hashed), and the authenticator services use.
+//! - [`api_error`]: the JSON error every HTTP endpoint answers with.
+//! - [`health`]: `/health` and `/ready` handlers shared by the services.
+
+pub mod api_error;
+pub mod config;
+pub mod health;
+pub mod keys;
+pub mod migrate;
+pub mod shutdown;
+pub mod stores;
+pub mod telemetry;
+
+pub use config::Config;

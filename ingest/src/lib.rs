@@ -1,1 +1,286 @@
-//! placeholder
+//! Tally ingest: `POST /v1/events` takes a batch of LLM telemetry events (JSON or NDJSON,
+//! optionally gzip or zstd), authenticates the API key, validates each event on its own, and
+//! answers only after Kafka acknowledged every accepted event.
+//!
+//! # Layout
+//! - [`parse`]: decompression, framing and per-event validation (pure, unit-tested).
+//! - [`producer`]: produce a batch to Kafka and wait for its delivery reports.
+//! - [`metrics`]: this service's Prometheus metrics.
+//! - this file: the HTTP routes, the answers (200/207/400/401/403/413/503) and [`serve`].
+
+pub mod metrics;
+pub mod parse;
+pub mod producer;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use prometheus::Registry;
+use serde::Serialize;
+use tally_common::api_error::ApiError;
+use tally_common::health::{self, Readiness};
+use tally_common::keys::{AuthError, Authenticator};
+use tally_common::shutdown::CancellationToken;
+use tally_common::telemetry::{self, HttpMetrics};
+use tally_common::{stores, Config};
+use tally_schemas::Event;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::metrics::IngestMetrics;
+use crate::parse::{BodyError, Limits, ParsedEvent};
+use crate::producer::{EventProducer, OutgoingMessage, ProduceError};
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// Everything a request handler needs.
+pub struct IngestState {
+    limits: Limits,
+    authenticator: Authenticator,
+    producer: EventProducer,
+    metrics: IngestMetrics,
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// Builds the service state from the configuration (no network I/O yet).
+pub fn build(config: &Config) -> anyhow::Result<Arc<IngestState>> {
+    let registry = Registry::new();
+    let metrics = IngestMetrics::register(&registry)?;
+    let pool = stores::postgres_pool(&config.postgres)?;
+    let producer = EventProducer::new(&config.kafka, metrics.clone())?;
+    let limits = Limits {
+        max_body_bytes: config.ingest.max_body_bytes,
+        max_events: config.ingest.max_events_per_request,
+        max_string_bytes: config.ingest.max_string_bytes,
+        max_metadata_entries: config.ingest.max_metadata_entries,
+        max_metadata_value_bytes: config.ingest.max_metadata_value_bytes,
+    };
+    let probe_pool = pool.clone();
+    let readiness = Readiness::default().with("postgres", move || {
+        let pool = probe_pool.clone();
+        async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(|e| e.to_string()) }
+    });
+    Ok(Arc::new(IngestState {
+        limits,
+        authenticator: Authenticator::new(pool, Duration::from_secs(config.ingest.key_cache_secs)),
+        producer,
+        metrics,
+        registry,
+        readiness,
+    }))
+}
+
+/// The HTTP routes.
+pub fn router(state: Arc<IngestState>) -> anyhow::Result<Router> {
+    let http_metrics = HttpMetrics::register(&state.registry)?;
+    // The raw body may be compressed; it cannot be larger than the decompressed limit.
+    let body_limit = state.limits.max_body_bytes;
+    Ok(Router::new()
+        .route("/v1/events", post(ingest_events))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_endpoint))
+        .route_layer(middleware::from_fn_with_state(http_metrics, telemetry::track_http))
+        .route("/health", get(health::health))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state))
+}
+
+/// Runs the service on `listener` until `shutdown`, then drains requests and flushes Kafka.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state = build(&config)?;
+    let app = router(state.clone())?;
+    tracing::info!(address = %listener.local_addr()?, topic = %config.kafka.topic, "ingest listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    state.producer.flush(Duration::from_secs(10));
+    tracing::info!("ingest stopped");
+    Ok(())
+}
+
+async fn ready(State(state): State<Arc<IngestState>>) -> Response {
+    let kafka = state.producer.check().await;
+    if let Err(error) = kafka {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not_ready", "failing": {"kafka": error}})))
+            .into_response();
+    }
+    state.readiness.check().await
+}
+
+async fn metrics_endpoint(State(state): State<Arc<IngestState>>) -> Response {
+    telemetry::render(&state.registry)
+}
+
+/// One line of a 207 answer.
+#[derive(Serialize)]
+struct EventResult {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<EventResultError>,
+}
+
+#[derive(Serialize)]
+struct EventResultError {
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct IngestAnswer {
+    accepted: usize,
+    rejected: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    results: Vec<EventResult>,
+}
+
+fn auth_error(error: AuthError) -> ApiError {
+    match error {
+        AuthError::Revoked => ApiError::forbidden(error.to_string()),
+        AuthError::Unavailable => ApiError::unavailable("unavailable", "the key store is unavailable; retry later", RETRY_AFTER_SECS),
+        _ => ApiError::unauthorized(error.to_string()),
+    }
+}
+
+fn body_error(error: BodyError) -> ApiError {
+    match error {
+        BodyError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", error.to_string()),
+        BodyError::TooManyEvents { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", error.to_string()),
+        BodyError::UnsupportedEncoding(_) => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", error.to_string()),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", error.to_string()),
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
+}
+
+/// Parsed events plus the encoded messages of the valid ones (index into `parsed`).
+struct Prepared {
+    parsed: Vec<ParsedEvent>,
+    messages: Vec<OutgoingMessage>,
+    message_index: Vec<usize>,
+}
+
+/// CPU-bound part of a request: decompress, parse, validate, encode.
+fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String, limits: Limits) -> Result<Prepared, BodyError> {
+    let decompressed = parse::decompress(&body, encoding.as_deref(), limits.max_body_bytes)?;
+    let values = parse::split_events(&decompressed, ndjson, &limits)?;
+    let mut parsed = parse::parse_events(values, ndjson, &project, now_micros(), &limits);
+    let mut messages = Vec::with_capacity(parsed.len());
+    let mut message_index = Vec::with_capacity(parsed.len());
+    for (position, event) in parsed.iter_mut().enumerate() {
+        let Ok(decoded) = &event.outcome else { continue };
+        let key = match decoded {
+            Event::Generation(generation) => generation.trace_id.clone(),
+            Event::AgentRun(run) => run.run_id.clone(),
+        };
+        let mut payload = Vec::with_capacity(256);
+        match tally_schemas::encode(decoded, &mut payload) {
+            Ok(()) => {
+                messages.push(OutgoingMessage { key, payload });
+                message_index.push(position);
+            }
+            Err(error) => {
+                event.outcome = Err(parse::EventError { code: "invalid_field", path: format!("$[{position}]"), message: error.to_string() });
+            }
+        }
+    }
+    Ok(Prepared { parsed, messages, message_index })
+}
+
+async fn ingest_events(State(state): State<Arc<IngestState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let project = state.authenticator.authenticate(authorization).await.map_err(auth_error)?;
+    let span = tracing::info_span!("ingest_batch", project = %project, bytes = body.len());
+    async move {
+        let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+        let ndjson = content_type.starts_with("application/x-ndjson") || content_type.starts_with("application/ndjson");
+        let limits = state.limits.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(body, encoding, ndjson, project, limits))
+            .await
+            .map_err(|error| ApiError::internal("parsing the request", &error))?
+            .map_err(|error| {
+                state.metrics.events.with_label_values(&["body_rejected"]).inc();
+                body_error(error)
+            })?;
+        state.metrics.batch_events.observe(prepared.parsed.len() as f64);
+
+        let produced = match state.producer.produce_all(&prepared.messages).await {
+            Ok(produced) => produced,
+            Err(error) => {
+                return Err(ApiError::unavailable("backpressure", format!("{error}; nothing of this request was accepted"), RETRY_AFTER_SECS));
+            }
+        };
+        Ok(answer(&state, prepared, produced))
+    }
+    .instrument(span)
+    .await
+}
+
+fn answer(state: &IngestState, prepared: Prepared, produced: Vec<Result<(), ProduceError>>) -> Response {
+    let Prepared { parsed, message_index, .. } = prepared;
+    let mut delivery: Vec<Option<Result<(), ProduceError>>> = (0..parsed.len()).map(|_| None).collect();
+    for (position, result) in message_index.into_iter().zip(produced) {
+        delivery[position] = Some(result);
+    }
+    let (mut accepted, mut rejected, mut failed) = (0, 0, 0);
+    let mut results = Vec::with_capacity(parsed.len());
+    for (event, delivered) in parsed.into_iter().zip(delivery) {
+        let (status, error) = match (event.outcome, delivered) {
+            (Ok(_), Some(Ok(()))) => {
+                accepted += 1;
+                ("accepted", None)
+            }
+            (Ok(_), delivered) => {
+                failed += 1;
+                let reason = match delivered {
+                    Some(Err(error)) => error.to_string(),
+                    _ => "the event was not produced".to_string(),
+                };
+                ("failed", Some(EventResultError { code: "unavailable", path: None, message: format!("{reason}; retry this event") }))
+            }
+            (Err(error), _) => {
+                rejected += 1;
+                state.metrics.events.with_label_values(&[error.code]).inc();
+                ("rejected", Some(EventResultError { code: error.code, path: Some(error.path), message: error.message }))
+            }
+        };
+        results.push(EventResult { index: event.index, event_id: event.event_id, status, error });
+    }
+    state.metrics.events.with_label_values(&["accepted"]).inc_by(accepted as u64);
+    state.metrics.events.with_label_values(&["failed"]).inc_by(failed as u64);
+
+    if rejected == 0 && failed == 0 {
+        return (StatusCode::OK, Json(IngestAnswer { accepted, rejected, failed: None, results: Vec::new() })).into_response();
+    }
+    if accepted == 0 && failed > 0 {
+        state.metrics.backpressure.with_label_values(&["not_acknowledged"]).inc();
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(IngestAnswer { accepted, rejected, failed: Some(failed), results }),
+        )
+            .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return response;
+    }
+    let mut response =
+        (StatusCode::MULTI_STATUS, Json(IngestAnswer { accepted, rejected, failed: (failed > 0).then_some(failed), results })).into_response();
+    if failed > 0 {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
+}

@@ -1,1 +1,96 @@
-//! placeholder
+//! Tally query API: cost time series from the ClickHouse rollup, the agent run history from
+//! Postgres, scoped to the project of the caller's API key.
+//!
+//! # Layout
+//! - [`costs`]: `GET /v1/costs`.
+//! - [`runs`]: `GET /v1/agent/runs` and `GET /v1/agent/runs/{run_id}`.
+//! - [`params`]: parsing of times, limits and cursors, with errors naming the parameter.
+//! - this file: the router, authentication and [`serve`].
+
+pub mod costs;
+pub mod params;
+pub mod runs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{middleware, Router};
+use prometheus::Registry;
+use tally_common::api_error::ApiError;
+use tally_common::health::{self, Readiness};
+use tally_common::keys::{AuthError, Authenticator};
+use tally_common::shutdown::CancellationToken;
+use tally_common::telemetry::{self, HttpMetrics};
+use tally_common::{stores, Config};
+use tokio::net::TcpListener;
+
+pub struct QueryState {
+    pub pool: sqlx::PgPool,
+    pub clickhouse: clickhouse::Client,
+    pub authenticator: Authenticator,
+    pub max_page_size: u32,
+    pub max_range_days: u32,
+    registry: Registry,
+    readiness: Readiness,
+}
+
+pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
+    let pool = stores::postgres_pool(&config.postgres)?;
+    let clickhouse = stores::clickhouse_client(&config.clickhouse);
+    let probe_pool = pool.clone();
+    let probe_clickhouse = clickhouse.clone();
+    let readiness = Readiness::default()
+        .with("postgres", move || {
+            let pool = probe_pool.clone();
+            async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .with("clickhouse", move || {
+            let client = probe_clickhouse.clone();
+            async move { client.query("SELECT 1").execute().await.map_err(|e| e.to_string()) }
+        });
+    Ok(Arc::new(QueryState {
+        authenticator: Authenticator::new(pool.clone(), Duration::from_secs(config.query.key_cache_secs)),
+        pool,
+        clickhouse,
+        max_page_size: config.query.max_page_size,
+        max_range_days: config.query.max_range_days,
+        registry: Registry::new(),
+        readiness,
+    }))
+}
+
+pub fn router(state: Arc<QueryState>) -> anyhow::Result<Router> {
+    let http_metrics = HttpMetrics::register(&state.registry)?;
+    Ok(Router::new()
+        .route("/v1/costs", get(costs::costs))
+        .route("/v1/agent/runs", get(runs::list_runs))
+        .route("/v1/agent/runs/{run_id}", get(runs::get_run))
+        .route("/ready", get(|State(state): State<Arc<QueryState>>| async move { state.readiness.check().await }))
+        .route("/metrics", get(|State(state): State<Arc<QueryState>>| async move { telemetry::render(&state.registry) as Response }))
+        .route_layer(middleware::from_fn_with_state(http_metrics, telemetry::track_http))
+        .route("/health", get(health::health))
+        .with_state(state))
+}
+
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state = build(&config)?;
+    let app = router(state)?;
+    tracing::info!(address = %listener.local_addr()?, "query API listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    tracing::info!("query API stopped");
+    Ok(())
+}
+
+/// The project of the request's API key.
+pub(crate) async fn authenticate(state: &QueryState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    state.authenticator.authenticate(authorization).await.map_err(|error| match error {
+        AuthError::Revoked => ApiError::forbidden(error.to_string()),
+        AuthError::Unavailable => ApiError::unavailable("unavailable", "the key store is unavailable; retry later", 1),
+        _ => ApiError::unauthorized(error.to_string()),
+    })
+}

@@ -1,0 +1,328 @@
+//! Tally's configuration, read in one place: built-in defaults, then an optional TOML file
+//! (`--config FILE` or `TALLY_CONFIG`), then environment variables `TALLY__SECTION__KEY`
+//! (for example `TALLY__KAFKA__BROKERS=127.0.0.1:9092`). Unknown keys are an error that names
+//! the key, so a typo never silently falls back to a default. Secrets are wrapped in
+//! [`Secret`], whose `Debug` and `Display` never print the value.
+//!
+//! The defaults point at the local stack of `scripts/stack` (loopback, non-default ports).
+
+use std::fmt;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A configuration value that must never be logged (passwords, URLs with credentials).
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret value, for handing to a client library. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+    pub ingest: IngestConfig,
+    pub processor: ProcessorConfig,
+    pub query: QueryConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            postgres: PostgresConfig::default(),
+            redis: RedisConfig::default(),
+            ingest: IngestConfig::default(),
+            processor: ProcessorConfig::default(),
+            query: QueryConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// The topic every accepted event is produced to.
+    pub topic: String,
+    /// Where the processor puts messages it cannot decode, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// Partitions for the events topic when `tally migrate` creates it.
+    pub partitions: i32,
+    /// The processor's consumer group.
+    pub consumer_group: String,
+    /// Producer: how long to wait to fill a batch before sending (librdkafka `linger.ms`).
+    pub linger_ms: u32,
+    /// Producer: delivery timeout; an event not acknowledged by then is reported as failed.
+    pub message_timeout_ms: u32,
+    /// Producer: local queue bound; above it ingest answers 503 instead of buffering.
+    pub queue_max_messages: u32,
+    /// Producer compression (`lz4`, `zstd`, `gzip`, `none`).
+    pub compression: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:19092".into(),
+            topic: "tally.events.v1".into(),
+            dead_letter_topic: "tally.events.dlq.v1".into(),
+            partitions: 8,
+            consumer_group: "tally-processor".into(),
+            linger_ms: 5,
+            message_timeout_ms: 30_000,
+            queue_max_messages: 500_000,
+            compression: "lz4".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: Secret,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:18123".into(),
+            database: "tally".into(),
+            user: "default".into(),
+            password: Secret::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Connection URL; may hold a password, hence secret.
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self { url: Secret::new("postgres://postgres@127.0.0.1:15432/tally"), max_connections: 16 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: Secret,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: Secret::new("redis://127.0.0.1:16379/") }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub listen: String,
+    /// Largest accepted body after decompression, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Most events in one request (413 above).
+    pub max_events_per_request: usize,
+    /// Longest accepted identifier-like string (ids, names, model), in bytes.
+    pub max_string_bytes: usize,
+    /// Most metadata entries per event.
+    pub max_metadata_entries: usize,
+    /// Longest metadata value, in bytes.
+    pub max_metadata_value_bytes: usize,
+    /// How long an API key lookup is cached; a revoked key stops working within this time.
+    pub key_cache_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_events_per_request: 10_000,
+            max_string_bytes: 256,
+            max_metadata_entries: 64,
+            max_metadata_value_bytes: 4096,
+            key_cache_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Health and metrics endpoint.
+    pub listen: String,
+    /// A batch is written when it holds this many messages...
+    pub batch_max_events: usize,
+    /// ...or when its oldest message has waited this long.
+    pub batch_max_wait_ms: u64,
+    /// How often the price table is reloaded from Postgres.
+    pub price_refresh_secs: u64,
+    /// Longest pause between retries while a store is down.
+    pub max_retry_backoff_ms: u64,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            batch_max_events: 5_000,
+            batch_max_wait_ms: 200,
+            price_refresh_secs: 30,
+            max_retry_backoff_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    pub listen: String,
+    /// Largest page of `/v1/agent/runs`.
+    pub max_page_size: u32,
+    /// Longest time range a cost query may cover, in days.
+    pub max_range_days: u32,
+    pub key_cache_secs: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8082".into(), max_page_size: 500, max_range_days: 400, key_cache_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info,tally_processor=debug`. `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: "text".into(), filter: "info".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given, it must exist), then `TALLY__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!("file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("TALLY__").split("__"));
+        Self::extract(figment)
+    }
+
+    /// Builds a configuration from defaults plus explicit overrides (used by tests).
+    pub fn from_env_only() -> Result<Self, ConfigError> {
+        Self::load(None)
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|error| {
+            // figment's message names the key and where it came from; it never echoes values.
+            let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Invalid(messages.join("; "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!("log.format must be text or json, not {:?}", self.log.format)));
+        }
+        if self.ingest.max_events_per_request == 0 || self.processor.batch_max_events == 0 {
+            return Err(ConfigError::Invalid("batch sizes must be at least 1".into()));
+        }
+        if !matches!(self.kafka.compression.as_str(), "lz4" | "zstd" | "gzip" | "snappy" | "none") {
+            return Err(ConfigError::Invalid(format!("kafka.compression {:?} is not one of lz4, zstd, gzip, snappy, none", self.kafka.compression)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[kafka]\nbrokerz = \"x\"\n"));
+        let error = Config::extract(figment).unwrap_err().to_string();
+        assert!(error.contains("brokerz"), "{error}");
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[ingest]\nmax_events_per_request = 7\n[kafka]\ntopic = \"from-file\"\n"))
+            .merge(Serialized::default("kafka.topic", "from-env"));
+        let config = Config::extract(figment).unwrap();
+        assert_eq!(config.ingest.max_events_per_request, 7);
+        assert_eq!(config.kafka.topic, "from-env");
+        assert_eq!(config.processor.batch_max_events, ProcessorConfig::default().batch_max_events);
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let mut config = Config::default();
+        config.postgres.url = Secret::new("postgres://u:hunter2@h/db");
+        config.clickhouse.password = Secret::new("hunter2");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Connections to the four stores, built from the configuration in one place so that every
+//! service sets them up the same way (timeouts, client settings the old ClickHouse needs, the
+//! Kafka producer's durability settings).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::{ClickHouseConfig, Config, KafkaConfig, PostgresConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("kafka topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+}
+
+/// A Postgres pool. Connections are made lazily so a service can start (and answer `/ready`
+/// with the reason) while Postgres is down.
+pub fn postgres_pool(config: &PostgresConfig) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = config.url.expose().parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// A ClickHouse HTTP client for the configured database. Row validation is off: the crate's
+/// validation uses `RowBinaryWithNamesAndTypes`, which ClickHouse 18.16 does not have.
+pub fn clickhouse_client(config: &ClickHouseConfig) -> clickhouse::Client {
+    clickhouse_server_client(config).with_database(&config.database)
+}
+
+/// A ClickHouse client without a default database (to create it).
+pub fn clickhouse_server_client(config: &ClickHouseConfig) -> clickhouse::Client {
+    let mut client = clickhouse::Client::default().with_url(&config.url).with_user(&config.user).with_validation(false);
+    if !config.password.expose().is_empty() {
+        client = client.with_password(config.password.expose());
+    }
+    client
+}
+
+pub fn redis_client(config: &Config) -> Result<redis::Client, StoreError> {
+    Ok(redis::Client::open(config.redis.url.expose())?)
+}
+
+/// Settings every Kafka client shares.
+pub fn kafka_base(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers).set("client.id", "tally");
+    client
+}
+
+/// The producer settings that make "acknowledged" mean "Kafka has it": idempotence,
+/// `acks=all`, bounded local queue (a full queue is answered with 503, not buffered).
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = kafka_base(config);
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("queue.buffering.max.messages", config.queue_max_messages.to_string())
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1000000")
+        .set("compression.type", &config.compression);
+    client
+}
+
+/// Creates `topic` with `partitions` unless it exists. Returns whether it was created.
+pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<bool, StoreError> {
+    let admin: AdminClient<DefaultClientContext> = kafka_base(config).create()?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics([&new_topic], &options).await?;
+    for result in results {
+        match result {
+            Ok(_) => return Ok(true),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
+            Err((name, code)) => return Err(StoreError::Topic { topic: name, reason: code.to_string() }),
+        }
+    }
+    Ok(false)
+}
+
+/// Deletes a topic (used by tests to clean up after themselves).
+pub async fn delete_topic(config: &KafkaConfig, topic: &str) -> Result<(), StoreError> {
+    let admin: AdminClient<DefaultClientContext> = kafka_base(config).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.delete_topics(&[topic], &options).await? {
+        if let Err((name, code)) = result {
+            if code != RDKafkaErrorCode::UnknownTopicOrPartition {
+                return Err(StoreError::Topic { topic: name, reason: code.to_string() });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! Ingest's metrics, declared together. Labels are bounded (reason codes, never user values).
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct IngestMetrics {
+    /// Events by outcome: `accepted`, or the rejection code.
+    pub events: IntCounterVec,
+    /// Requests refused for backpressure, by reason.
+    pub backpressure: IntCounterVec,
+    /// Time from the first produce call of a request to its last delivery report.
+    pub produce_seconds: Histogram,
+    /// Events per request.
+    pub batch_events: Histogram,
+}
+
+impl IngestMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let events = IntCounterVec::new(Opts::new("tally_ingest_events_total", "Events received, by outcome"), &["outcome"])?;
+        let backpressure = IntCounterVec::new(
+            Opts::new("tally_ingest_backpressure_total", "Requests refused with 503 for backpressure, by reason"),
+            &["reason"],
+        )?;
+        let produce_seconds = Histogram::with_opts(
+            HistogramOpts::new("tally_ingest_produce_seconds", "Kafka produce latency per request (all deliveries)")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
+        )?;
+        let batch_events = Histogram::with_opts(
+            HistogramOpts::new("tally_ingest_batch_events", "Events per ingest request")
+                .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(backpressure.clone()))?;
+        registry.register(Box::new(produce_seconds.clone()))?;
+        registry.register(Box::new(batch_events.clone()))?;
+        Ok(Self { events, backpressure, produce_seconds, batch_events })
+    }
+}

@@ -1,0 +1,106 @@
+//! The Kafka side of ingest: produce a request's events as one burst, then wait for all their
+//! delivery reports. An event counts as accepted only when the broker acknowledged it
+//! (`acks=all`, idempotent producer, see `tally_common::stores::producer_config`).
+//!
+//! Backpressure instead of buffering: when the local producer queue cannot take the whole
+//! request, nothing is enqueued and the request is answered 503 with `Retry-After`.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tally_common::config::KafkaConfig;
+use tally_common::stores;
+
+use crate::metrics::IngestMetrics;
+
+/// Why an event was not acknowledged by Kafka. All of these are worth retrying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProduceError {
+    #[error("the producer queue is full; retry later")]
+    QueueFull,
+    #[error("Kafka did not acknowledge the event: {0}")]
+    NotAcknowledged(String),
+}
+
+pub struct EventProducer {
+    producer: FutureProducer,
+    topic: String,
+    queue_max_messages: usize,
+    metrics: IngestMetrics,
+}
+
+/// One message to produce: the partitioning key (trace id or run id) and the encoded event.
+pub struct OutgoingMessage {
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+impl EventProducer {
+    pub fn new(config: &KafkaConfig, metrics: IngestMetrics) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: stores::producer_config(config).create()?,
+            topic: config.topic.clone(),
+            queue_max_messages: config.queue_max_messages as usize,
+            metrics,
+        })
+    }
+
+    /// Produces every message and waits for their delivery reports; one result per message.
+    pub async fn produce_all(&self, messages: &[OutgoingMessage]) -> Result<Vec<Result<(), ProduceError>>, ProduceError> {
+        let in_flight = self.producer.in_flight_count().max(0) as usize;
+        if in_flight + messages.len() > self.queue_max_messages {
+            self.metrics.backpressure.with_label_values(&["queue_full"]).inc();
+            return Err(ProduceError::QueueFull);
+        }
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let record = FutureRecord::to(&self.topic).key(&message.key).payload(&message.payload);
+            match self.producer.send_result(record) {
+                Ok(delivery) => pending.push(Ok(delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => pending.push(Err(ProduceError::QueueFull)),
+                Err((error, _)) => pending.push(Err(ProduceError::NotAcknowledged(error.to_string()))),
+            }
+        }
+        let results = join_all(pending.into_iter().map(|entry| async move {
+            match entry {
+                Err(error) => Err(error),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(ProduceError::NotAcknowledged(error.to_string())),
+                    Err(_) => Err(ProduceError::NotAcknowledged("the producer was shut down".into())),
+                },
+            }
+        }))
+        .await;
+        self.metrics.produce_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(results)
+    }
+
+    /// Checks that the broker answers and the topic exists (for `/ready`).
+    pub async fn check(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map_err(|error| error.to_string())?;
+            match metadata.topics().first() {
+                Some(found) if found.error().is_none() && !found.partitions().is_empty() => Ok(()),
+                _ => Err(format!("topic {topic} does not exist; run `tally migrate`")),
+            }
+        })
+        .await
+        .map_err(|error| error.to_string())?
+    }
+
+    /// Waits (bounded) for every queued message to be delivered; called at shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(timeout) {
+            tracing::warn!(%error, in_flight = self.producer.in_flight_count(), "producer flush incomplete at shutdown");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The consumer loop: read the events topic as a member of the consumer group, batch by size
+//! and time, hand batches to the [`Sink`](crate::sink::Sink), retry with backoff while a store
+//! is down (consumption pauses: nothing more is read, so memory stays bounded), and store the
+//! Kafka offsets after the stores acknowledged.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tally_common::config::Config;
+use tally_common::shutdown::CancellationToken;
+use tally_common::stores;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::metrics::ProcessorMetrics;
+use crate::prices::PriceTable;
+use crate::sink::{Incoming, PartitionOutcome, Sink};
+
+/// Rebalance and statistics callbacks: revoked partitions are dropped from the buffer; lag
+/// goes to the metrics.
+pub struct GroupContext {
+    revoked: Arc<Mutex<Vec<i32>>>,
+    metrics: ProcessorMetrics,
+    topic: String,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for (partition, stats) in &topic.partitions {
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions: Vec<i32> = list.elements().iter().map(|element| element.partition()).collect();
+            tracing::info!(?partitions, "partitions revoked");
+            self.revoked.lock().expect("revoked list poisoned").extend(partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions: Vec<i32> = list.elements().iter().map(|element| element.partition()).collect();
+            tracing::info!(?partitions, "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::debug!(%error, "offset commit failed (advisory; Postgres holds the applied offsets)");
+        }
+    }
+}
+
+pub fn create_consumer(config: &Config, metrics: ProcessorMetrics) -> KafkaResult<(StreamConsumer<GroupContext>, Arc<Mutex<Vec<i32>>>)> {
+    let revoked = Arc::new(Mutex::new(Vec::new()));
+    let context = GroupContext { revoked: revoked.clone(), metrics, topic: config.kafka.topic.clone() };
+    let consumer: StreamConsumer<GroupContext> = stores::kafka_base(&config.kafka)
+        .set("group.id", &config.kafka.consumer_group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "300000")
+        .set("queued.max.messages.kbytes", "65536")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(context)?;
+    consumer.subscribe(&[&config.kafka.topic])?;
+    Ok((consumer, revoked))
+}
+
+/// Runs until `shutdown`: consume, batch, write, store offsets. The batch in hand when the
+/// shutdown comes is written (or its retries abandoned) before returning.
+pub async fn run(
+    config: Config,
+    consumer: StreamConsumer<GroupContext>,
+    revoked: Arc<Mutex<Vec<i32>>>,
+    sink: Sink,
+    prices: watch::Receiver<Arc<PriceTable>>,
+    shutdown: CancellationToken,
+) {
+    let max_events = config.processor.batch_max_events;
+    let max_wait = Duration::from_millis(config.processor.batch_max_wait_ms);
+    let max_backoff = Duration::from_millis(config.processor.max_retry_backoff_ms);
+    let topic = config.kafka.topic.clone();
+    let mut buffers: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
+    let mut buffered = 0usize;
+    let mut oldest: Option<Instant> = None;
+
+    loop {
+        let deadline = oldest.map(|at| at + max_wait);
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            message = consumer.recv() => Some(message),
+            _ = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        };
+        if let Some(message) = received {
+            match message {
+                Ok(message) => {
+                    let partition = message.partition();
+                    let offset = message.offset();
+                    let payload = message.payload().unwrap_or_default().to_vec();
+                    let decoded = tally_schemas::decode(&payload);
+                    let buffer = buffers.entry(partition).or_default();
+                    if buffer.last().is_some_and(|last| offset <= last.offset) {
+                        // Re-read after a rebalance: start this partition's buffer afresh.
+                        buffered -= buffer.len();
+                        buffer.clear();
+                    }
+                    buffer.push(Incoming { offset, payload, decoded });
+                    buffered += 1;
+                    oldest.get_or_insert_with(Instant::now);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "kafka consumer error");
+                    continue;
+                }
+            }
+        }
+        for partition in std::mem::take(&mut *revoked.lock().expect("revoked list poisoned")) {
+            if let Some(dropped) = buffers.remove(&partition) {
+                buffered -= dropped.len();
+            }
+        }
+        let due = oldest.is_some_and(|at| at.elapsed() >= max_wait);
+        if buffered == 0 || (buffered < max_events && !due) {
+            continue;
+        }
+        let table = prices.borrow().clone();
+        write_with_retry(&sink, &mut buffers, &table, &consumer, &topic, max_backoff, &shutdown).await;
+        buffered = buffers.values().map(Vec::len).sum();
+        oldest = (buffered > 0).then(Instant::now);
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        tracing::debug!(%error, "final offset commit");
+    }
+    tracing::info!("consumer stopped");
+}
+
+async fn write_with_retry(
+    sink: &Sink,
+    buffers: &mut BTreeMap<i32, Vec<Incoming>>,
+    prices: &PriceTable,
+    consumer: &StreamConsumer<GroupContext>,
+    topic: &str,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) {
+    let messages: usize = buffers.values().map(Vec::len).sum();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let span = tracing::info_span!("write_batch", messages, partitions = buffers.len());
+        match sink.write(buffers, prices).instrument(span).await {
+            Ok(report) => {
+                sink.metrics.waiting_for.reset();
+                sink.metrics.batch_messages.observe(messages as f64);
+                sink.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                sink.metrics.messages.with_label_values(&["counted"]).inc_by(report.counted);
+                sink.metrics.messages.with_label_values(&["duplicate"]).inc_by(report.duplicates);
+                sink.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(report.dead_lettered);
+                sink.metrics.unpriced.inc_by(report.unpriced);
+                for (partition, outcome) in &report.outcomes {
+                    let next_offset = match outcome {
+                        PartitionOutcome::Applied { next_offset } | PartitionOutcome::AlreadyApplied { next_offset } => *next_offset,
+                        _ => continue,
+                    };
+                    // Fails harmlessly if the partition was revoked meanwhile.
+                    if let Err(error) = consumer.store_offset(topic, *partition, next_offset) {
+                        tracing::debug!(%error, partition, "offset not stored");
+                    }
+                }
+                tracing::debug!(counted = report.counted, duplicates = report.duplicates, elapsed_ms = started.elapsed().as_millis() as u64, "batch written");
+                return;
+            }
+            Err(error) => {
+                let store = error.store();
+                sink.metrics.store_errors.with_label_values(&[store]).inc();
+                sink.metrics.waiting_for.with_label_values(&[store]).set(1);
+                tracing::warn!(%error, store, retry_in_ms = backoff.as_millis() as u64, "batch write failed; consumption paused until it succeeds");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        tracing::warn!("shutdown while a store is down: the batch will be re-read by the next owner");
+                        return;
+                    }
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}

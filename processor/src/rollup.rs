@@ -1,0 +1,342 @@
+//! Pure computation of what a batch writes: the priced raw rows for ClickHouse, the hourly
+//! cost rollup rows (one per dimensions for the batch) and the agent run deltas for Postgres.
+//! Nothing here does I/O, so the exactly-once protocol in [`crate::sink`] can recompute a
+//! batch and get the same rows every time.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rust_decimal::Decimal;
+use tally_schemas::{AgentRun, CacheStatus, Generation, GenerationStatus};
+
+use crate::prices::PriceTable;
+
+/// Latency histogram buckets: bucket 0 holds durations under 1 ms, bucket i (1..=LAST) those
+/// under 2^(i/4) ms (about 19 % wide), the last one everything longer (~ 9.5 min and up).
+pub const LATENCY_BUCKETS: usize = 80;
+
+pub fn latency_bucket(duration_us: i64) -> usize {
+    let millis = duration_us as f64 / 1_000.0;
+    if millis < 1.0 {
+        return 0;
+    }
+    let index = (millis.log2() * 4.0).floor() as usize + 1;
+    index.min(LATENCY_BUCKETS - 1)
+}
+
+/// Upper bound of a bucket in milliseconds (what quantiles report).
+pub fn bucket_upper_ms(index: usize) -> f64 {
+    2f64.powf(index as f64 / 4.0)
+}
+
+/// How a generation's cost was determined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i8)]
+pub enum CostSource {
+    Unpriced = 0,
+    Priced = 1,
+    Client = 2,
+}
+
+/// The cost of a generation: the client's if given (authoritative), else from the price table.
+pub fn price_generation(generation: &Generation, prices: &PriceTable) -> (Option<Decimal>, CostSource) {
+    if let Some(cost) = generation.client_cost {
+        return (Some(cost), CostSource::Client);
+    }
+    match prices.lookup(&generation.provider, &generation.model, generation.start_time_us) {
+        Some(price) => (
+            Some(price.cost(
+                generation.input_tokens,
+                generation.output_tokens,
+                generation.cache_read_input_tokens,
+                generation.cache_creation_input_tokens,
+            )),
+            CostSource::Priced,
+        ),
+        None => (None, CostSource::Unpriced),
+    }
+}
+
+/// Decimal(38, 12) as ClickHouse stores it: the value times 10^12 as an i128.
+pub fn to_decimal128(value: Decimal) -> i128 {
+    let mut scaled = value;
+    scaled.rescale(12);
+    scaled.mantissa()
+}
+
+/// A raw generation row for ClickHouse `generations`.
+#[derive(Debug, Clone, clickhouse::Row, serde::Serialize)]
+pub struct GenerationRow {
+    pub project_id: String,
+    pub event_id: String,
+    pub trace_id: String,
+    pub span_id: Option<String>,
+    pub parent_span_id: Option<String>,
+    pub agent_run_id: Option<String>,
+    pub application: String,
+    pub environment: String,
+    pub user_id: String,
+    pub session_id: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub start_time: u32,
+    pub start_time_us: i64,
+    pub duration_us: i64,
+    pub time_to_first_token_us: Option<i64>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost: Option<i128>,
+    pub cost_source: i8,
+    pub status: i8,
+    pub error_type: Option<String>,
+    pub cache_status: i8,
+    pub cache_similarity: Option<f64>,
+    pub metadata_keys: Vec<String>,
+    pub metadata_values: Vec<String>,
+    pub received_at_us: i64,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+}
+
+/// The dimensions of a rollup row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RollupKey {
+    pub project_id: String,
+    pub hour: u32,
+    pub application: String,
+    pub environment: String,
+    pub provider: String,
+    pub model: String,
+    pub user_id: String,
+}
+
+/// A rollup row for ClickHouse `cost_rollup_hourly` (see its DDL for the replace semantics).
+#[derive(Debug, Clone, clickhouse::Row, serde::Serialize)]
+pub struct RollupRow {
+    pub project_id: String,
+    pub hour: u32,
+    pub application: String,
+    pub environment: String,
+    pub provider: String,
+    pub model: String,
+    pub user_id: String,
+    pub source_partition: i32,
+    pub source_batch_start: i64,
+    pub batch_end: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cache_hits: u64,
+    pub cost: i128,
+    pub priced_requests: u64,
+    pub client_cost_requests: u64,
+    pub unpriced_requests: u64,
+    pub latency_buckets: Vec<u64>,
+}
+
+/// Totals a batch adds to one agent run (from its generations).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunDelta {
+    pub user_id: Option<String>,
+    pub generation_count: i64,
+    pub error_count: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost: Decimal,
+    pub unpriced_count: i64,
+    pub first_generation_us: i64,
+    pub last_generation_us: i64,
+}
+
+/// Everything one partition's batch writes.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    pub generations: Vec<GenerationRow>,
+    pub rollups: Vec<RollupRow>,
+    /// Per (project, run): generation totals.
+    pub run_deltas: BTreeMap<(String, String), RunDelta>,
+    /// Per (project, run): the last agent_run event of the batch (later offsets win).
+    pub run_events: BTreeMap<(String, String), AgentRun>,
+    pub priced: u64,
+    pub unpriced: u64,
+}
+
+/// Aggregates the counted events of one partition batch `[batch_start, batch_end)`.
+/// `events` are in offset order and already filtered to those that count (first seen here).
+pub fn compute(
+    partition: i32,
+    batch_start: i64,
+    batch_end: i64,
+    generations: &[(i64, &Generation)],
+    runs: &[(i64, &AgentRun)],
+    prices: &PriceTable,
+) -> BatchOutput {
+    let mut output = BatchOutput::default();
+    let mut rollups: HashMap<RollupKey, RollupRow> = HashMap::new();
+    for (offset, generation) in generations {
+        let (cost, source) = price_generation(generation, prices);
+        match source {
+            CostSource::Unpriced => output.unpriced += 1,
+            _ => output.priced += 1,
+        }
+        let hour_start = (generation.start_time_us.div_euclid(3_600_000_000) * 3_600) as u32;
+        let user_id = generation.user_id.clone().unwrap_or_default();
+        let key = RollupKey {
+            project_id: generation.project_id.clone(),
+            hour: hour_start,
+            application: generation.application.clone(),
+            environment: generation.environment.clone(),
+            provider: generation.provider.clone(),
+            model: generation.model.clone(),
+            user_id: user_id.clone(),
+        };
+        let row = rollups.entry(key.clone()).or_insert_with(|| RollupRow {
+            project_id: key.project_id,
+            hour: key.hour,
+            application: key.application,
+            environment: key.environment,
+            provider: key.provider,
+            model: key.model,
+            user_id: key.user_id,
+            source_partition: partition,
+            source_batch_start: batch_start,
+            batch_end: batch_end as u64,
+            requests: 0,
+            errors: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_input_tokens: 0,
+            cache_creation_input_tokens: 0,
+            reasoning_tokens: 0,
+            cache_hits: 0,
+            cost: 0,
+            priced_requests: 0,
+            client_cost_requests: 0,
+            unpriced_requests: 0,
+            latency_buckets: vec![0; LATENCY_BUCKETS],
+        });
+        let is_error = generation.status == GenerationStatus::Error;
+        row.requests += 1;
+        row.errors += u64::from(is_error);
+        row.input_tokens += generation.input_tokens as u64;
+        row.output_tokens += generation.output_tokens as u64;
+        row.cache_read_input_tokens += generation.cache_read_input_tokens as u64;
+        row.cache_creation_input_tokens += generation.cache_creation_input_tokens as u64;
+        row.reasoning_tokens += generation.reasoning_tokens as u64;
+        row.cache_hits += u64::from(matches!(generation.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit));
+        match source {
+            CostSource::Priced => row.priced_requests += 1,
+            CostSource::Client => row.client_cost_requests += 1,
+            CostSource::Unpriced => row.unpriced_requests += 1,
+        }
+        if let Some(cost) = cost {
+            row.cost += to_decimal128(cost);
+        }
+        row.latency_buckets[latency_bucket(generation.duration_us)] += 1;
+
+        if let Some(run_id) = &generation.agent_run_id {
+            let delta = output.run_deltas.entry((generation.project_id.clone(), run_id.clone())).or_insert_with(|| RunDelta {
+                first_generation_us: generation.start_time_us,
+                last_generation_us: generation.start_time_us,
+                ..Default::default()
+            });
+            if delta.user_id.is_none() {
+                delta.user_id = generation.user_id.clone();
+            }
+            delta.generation_count += 1;
+            delta.error_count += i64::from(is_error);
+            delta.input_tokens += generation.input_tokens;
+            delta.output_tokens += generation.output_tokens;
+            delta.cache_read_input_tokens += generation.cache_read_input_tokens;
+            delta.cache_creation_input_tokens += generation.cache_creation_input_tokens;
+            delta.reasoning_tokens += generation.reasoning_tokens;
+            match cost {
+                Some(cost) => delta.cost += cost,
+                None => delta.unpriced_count += 1,
+            }
+            delta.first_generation_us = delta.first_generation_us.min(generation.start_time_us);
+            delta.last_generation_us = delta.last_generation_us.max(generation.start_time_us + generation.duration_us);
+        }
+
+        let (metadata_keys, metadata_values) = generation.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).unzip();
+        output.generations.push(GenerationRow {
+            project_id: generation.project_id.clone(),
+            event_id: generation.event_id.clone(),
+            trace_id: generation.trace_id.clone(),
+            span_id: generation.span_id.clone(),
+            parent_span_id: generation.parent_span_id.clone(),
+            agent_run_id: generation.agent_run_id.clone(),
+            application: generation.application.clone(),
+            environment: generation.environment.clone(),
+            user_id,
+            session_id: generation.session_id.clone(),
+            provider: generation.provider.clone(),
+            model: generation.model.clone(),
+            start_time: (generation.start_time_us.div_euclid(1_000_000)).max(0) as u32,
+            start_time_us: generation.start_time_us,
+            duration_us: generation.duration_us,
+            time_to_first_token_us: generation.time_to_first_token_us,
+            input_tokens: generation.input_tokens,
+            output_tokens: generation.output_tokens,
+            cache_read_input_tokens: generation.cache_read_input_tokens,
+            cache_creation_input_tokens: generation.cache_creation_input_tokens,
+            reasoning_tokens: generation.reasoning_tokens,
+            cost: cost.map(to_decimal128),
+            cost_source: source as i8,
+            status: if is_error { 2 } else { 1 },
+            error_type: generation.error_type.clone(),
+            cache_status: match generation.cache_status {
+                CacheStatus::None => 0,
+                CacheStatus::Miss => 1,
+                CacheStatus::Hit => 2,
+                CacheStatus::SemanticHit => 3,
+            },
+            cache_similarity: generation.cache_similarity,
+            metadata_keys,
+            metadata_values,
+            received_at_us: generation.received_at_us,
+            kafka_partition: partition,
+            kafka_offset: *offset,
+        });
+    }
+    for (_, run) in runs {
+        output.run_events.insert((run.project_id.clone(), run.run_id.clone()), (*run).clone());
+    }
+    let mut rows: Vec<RollupRow> = rollups.into_values().collect();
+    rows.sort_by(|a, b| (&a.project_id, a.hour, &a.model, &a.user_id).cmp(&(&b.project_id, b.hour, &b.model, &b.user_id)));
+    output.rollups = rows;
+    output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn latency_buckets_are_log_spaced() {
+        assert_eq!(latency_bucket(500), 0);
+        assert_eq!(latency_bucket(1_000), 1);
+        assert_eq!(latency_bucket(2_000), 5);
+        assert_eq!(latency_bucket(i64::MAX / 2), LATENCY_BUCKETS - 1);
+        for duration_ms in [1.5f64, 10.0, 123.0, 999.0, 45_000.0] {
+            let index = latency_bucket((duration_ms * 1000.0) as i64);
+            assert!(duration_ms < bucket_upper_ms(index) && duration_ms >= bucket_upper_ms(index - 1), "{duration_ms} {index}");
+        }
+    }
+
+    #[test]
+    fn decimals_scale_to_twelve_places() {
+        assert_eq!(to_decimal128(Decimal::from_str("1.5").unwrap()), 1_500_000_000_000);
+        assert_eq!(to_decimal128(Decimal::from_str("0.000000000001").unwrap()), 1);
+    }
+}

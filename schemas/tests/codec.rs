@@ -1,0 +1,364 @@
+//! The wire codec against the Avro specification and against apache-avro's generic reader and
+//! writer: round trips of arbitrary events, the single-object header, interoperability in both
+//! directions, and every decode error.
+
+mod support;
+
+use std::str::FromStr;
+
+use apache_avro::{from_avro_datum, to_avro_datum, GenericSingleObjectWriter};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use support::*;
+use tally_schemas::avro_decimal::AvroDecimalError;
+use tally_schemas::fingerprint::{crc64_avro, parsing_canonical_form};
+use tally_schemas::{
+    agent_run_schema, decode, decode_with_generic_reader, encode, encode_to_vec, fingerprint_of,
+    generation_schema, DecodeError, EncodeError, Event, EventKind, SchemaRegistry,
+    AGENT_RUN_V1_FINGERPRINT, GENERATION_V1_FINGERPRINT,
+};
+
+fn encoded(event: impl Into<Event>) -> Vec<u8> {
+    encode_to_vec(&event.into()).expect("encodes")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_generation_round_trips_and_is_real_avro(generation in any_generation()) {
+        let message = encoded(generation.clone());
+        prop_assert_eq!(decode(&message).unwrap(), Event::Generation(generation.clone()));
+        prop_assert_eq!(generic_decode(&message).unwrap(), Event::Generation(generation.clone()));
+
+        // apache-avro's generic reader sees exactly the values the .avsc says it should.
+        let mut datum = &message[10..];
+        let generic = from_avro_datum(generation_schema(), &mut datum, None).unwrap();
+        prop_assert!(datum.is_empty(), "generic reader left {} bytes", datum.len());
+        prop_assert_eq!(generic, generation_as_avro_value(&generation));
+    }
+
+    #[test]
+    fn any_agent_run_round_trips_and_is_real_avro(agent_run in any_agent_run()) {
+        let message = encoded(agent_run.clone());
+        prop_assert_eq!(decode(&message).unwrap(), Event::AgentRun(agent_run.clone()));
+        prop_assert_eq!(generic_decode(&message).unwrap(), Event::AgentRun(agent_run.clone()));
+
+        let mut datum = &message[10..];
+        let generic = from_avro_datum(agent_run_schema(), &mut datum, None).unwrap();
+        prop_assert!(datum.is_empty(), "generic reader left {} bytes", datum.len());
+        prop_assert_eq!(generic, agent_run_as_avro_value(&agent_run));
+    }
+
+    /// What apache-avro's generic writer produces, our decoder reads.
+    #[test]
+    fn datums_written_by_apache_avro_decode(generation in any_generation(), agent_run in any_agent_run()) {
+        let mut message = fingerprint_header(GENERATION_V1_FINGERPRINT);
+        message.extend(to_avro_datum(generation_schema(), generation_as_avro_value(&generation)).unwrap());
+        prop_assert_eq!(decode(&message).unwrap(), Event::Generation(generation.clone()));
+        prop_assert_eq!(generic_decode(&message).unwrap(), Event::Generation(generation));
+
+        let mut message = fingerprint_header(AGENT_RUN_V1_FINGERPRINT);
+        message.extend(to_avro_datum(agent_run_schema(), agent_run_as_avro_value(&agent_run)).unwrap());
+        prop_assert_eq!(decode(&message).unwrap(), Event::AgentRun(agent_run.clone()));
+        prop_assert_eq!(generic_decode(&message).unwrap(), Event::AgentRun(agent_run));
+    }
+
+    /// Whatever follows a valid header, decoding returns, never panics; and the direct reader
+    /// accepts exactly what apache-avro's generic reader accepts, with the same result.
+    #[test]
+    fn arbitrary_datums_never_panic_and_both_readers_agree(
+        datum in prop::collection::vec(any::<u8>(), 0..200),
+        generation_kind in any::<bool>(),
+    ) {
+        let fingerprint = if generation_kind { GENERATION_V1_FINGERPRINT } else { AGENT_RUN_V1_FINGERPRINT };
+        let mut message = fingerprint_header(fingerprint);
+        message.extend(datum);
+        match (decode(&message), generic_decode(&message)) {
+            (Ok(direct), Ok(generic)) => prop_assert_eq!(direct, generic),
+            (Err(DecodeError::MalformedDatum { .. }), Err(DecodeError::MalformedDatum { .. })) => {}
+            (direct, generic) => prop_assert!(false, "direct {:?} but generic {:?}", direct, generic),
+        }
+    }
+
+    /// Mutating one byte of a valid message: both readers still agree.
+    #[test]
+    fn corrupted_messages_are_judged_alike_by_both_readers(
+        position in 10usize..304,
+        replacement in any::<u8>(),
+    ) {
+        let mut message = encoded(sample_generation());
+        let position = position % message.len();
+        message[position] = replacement;
+        match (decode(&message), generic_decode(&message)) {
+            (Ok(direct), Ok(generic)) => prop_assert_eq!(direct, generic),
+            (Err(DecodeError::MalformedDatum { .. }), Err(DecodeError::MalformedDatum { .. })) => {}
+            (direct, generic) => prop_assert!(false, "direct {:?} but generic {:?}", direct, generic),
+        }
+    }
+}
+
+fn generic_decode(message: &[u8]) -> Result<Event, DecodeError> {
+    decode_with_generic_reader(message, SchemaRegistry::builtin())
+}
+
+fn fingerprint_header(fingerprint: u64) -> Vec<u8> {
+    let mut header = vec![0xC3, 0x01];
+    header.extend_from_slice(&fingerprint.to_le_bytes());
+    header
+}
+
+#[test]
+fn header_is_marker_then_little_endian_rabin_fingerprint_of_the_canonical_form() {
+    for (event, schema, kind) in [
+        (
+            Event::Generation(sample_generation()),
+            generation_schema(),
+            EventKind::Generation,
+        ),
+        (
+            Event::AgentRun(sample_agent_run()),
+            agent_run_schema(),
+            EventKind::AgentRun,
+        ),
+    ] {
+        let message = encode_to_vec(&event).unwrap();
+        assert_eq!(message[0..2], [0xC3, 0x01]);
+        let canonical_form = parsing_canonical_form(schema).unwrap();
+        let rabin = crc64_avro(canonical_form.as_bytes());
+        assert_eq!(message[2..10], rabin.to_le_bytes());
+        assert_eq!(fingerprint_of(kind), rabin);
+        assert_eq!(event.kind(), kind);
+    }
+    // Pinned bytes, as an independent implementation (fastavro) also computes them.
+    let message = encoded(sample_generation());
+    assert_eq!(
+        message[..10],
+        [0xC3, 0x01, 0xb8, 0xe3, 0x56, 0xb6, 0x15, 0x41, 0x54, 0x1d]
+    );
+}
+
+#[test]
+fn encode_appends_to_the_buffer() {
+    let mut buffer = b"previous".to_vec();
+    encode(&Event::Generation(sample_generation()), &mut buffer).unwrap();
+    let first_end = buffer.len();
+    encode(&Event::AgentRun(sample_agent_run()), &mut buffer).unwrap();
+    assert_eq!(&buffer[..8], b"previous");
+    assert_eq!(
+        decode(&buffer[8..first_end]).unwrap(),
+        Event::Generation(sample_generation())
+    );
+    assert_eq!(
+        decode(&buffer[first_end..]).unwrap(),
+        Event::AgentRun(sample_agent_run())
+    );
+}
+
+/// apache-avro's own single-object writer puts its (non-spec) fingerprint in the header; the
+/// decoder knows that fingerprint too, so such producers interoperate.
+#[test]
+fn messages_from_apache_avros_single_object_writer_decode() {
+    let generation = sample_generation();
+    let mut writer =
+        GenericSingleObjectWriter::new_with_capacity(generation_schema(), 512).unwrap();
+    let mut message = Vec::new();
+    writer
+        .write_value(generation_as_avro_value(&generation), &mut message)
+        .unwrap();
+    assert_ne!(message[2..10], GENERATION_V1_FINGERPRINT.to_le_bytes());
+    assert_eq!(decode(&message).unwrap(), Event::Generation(generation));
+}
+
+#[test]
+fn enum_symbols_travel_as_their_avsc_index() {
+    use tally_schemas::{CacheStatus, GenerationStatus, RunStatus};
+    for (index, cache_status) in CacheStatus::ALL.iter().enumerate() {
+        for status in GenerationStatus::ALL {
+            let generation = tally_schemas::Generation {
+                status: *status,
+                cache_status: *cache_status,
+                ..sample_generation()
+            };
+            let message = encoded(generation.clone());
+            let generic = from_avro_datum(generation_schema(), &mut &message[10..], None).unwrap();
+            let apache_avro::types::Value::Record(fields) = generic else {
+                panic!()
+            };
+            assert_eq!(
+                fields[23].1,
+                apache_avro::types::Value::Enum(index as u32, cache_status.as_str().to_owned())
+            );
+            assert_eq!(decode(&message).unwrap(), Event::Generation(generation));
+        }
+    }
+    for status in RunStatus::ALL {
+        let agent_run = tally_schemas::AgentRun {
+            status: *status,
+            ..sample_agent_run()
+        };
+        assert_eq!(
+            decode(&encoded(agent_run.clone())).unwrap(),
+            Event::AgentRun(agent_run)
+        );
+    }
+}
+
+#[test]
+fn client_cost_is_exact_and_never_rounded() {
+    let cost = Decimal::from_str("1234567.000000000001").unwrap();
+    let generation = tally_schemas::Generation {
+        client_cost: Some(cost),
+        ..sample_generation()
+    };
+    let Event::Generation(decoded) = decode(&encoded(generation)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        decoded.client_cost.unwrap().to_string(),
+        "1234567.000000000001"
+    );
+
+    for (text, expect_scale_error) in [
+        ("0.0000000000001", true),
+        ("-12.3456789012345", true),
+        ("100000000000000000000000000", false),
+    ] {
+        let generation = tally_schemas::Generation {
+            client_cost: Some(Decimal::from_str(text).unwrap()),
+            ..sample_generation()
+        };
+        let mut buffer = b"kept".to_vec();
+        let error = encode(&Event::Generation(generation), &mut buffer).unwrap_err();
+        assert_eq!(
+            buffer, b"kept",
+            "a failed encode must not leave a partial message"
+        );
+        match error {
+            EncodeError::ClientCost { event_id, source } => {
+                assert_eq!(event_id, sample_generation().event_id);
+                assert_eq!(
+                    matches!(source, AvroDecimalError::TooManyFractionalDigits { .. }),
+                    expect_scale_error,
+                    "{text}: {source}"
+                );
+            }
+            other => panic!("{text}: unexpected {other}"),
+        }
+    }
+}
+
+#[test]
+fn decode_errors_say_why() {
+    let message = encoded(sample_generation());
+
+    for length in 0..10 {
+        match decode(&message[..length]) {
+            Err(DecodeError::TooShort { length: reported }) => assert_eq!(reported, length),
+            other => panic!("length {length}: {other:?}"),
+        }
+    }
+
+    let mut wrong_marker = message.clone();
+    wrong_marker[1] = 0x02;
+    let error = decode(&wrong_marker).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            DecodeError::BadMarker {
+                found: [0xC3, 0x02]
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("C3 02"), "{error}");
+
+    let mut unknown = message.clone();
+    unknown[2..10].copy_from_slice(&0x0123_4567_89ab_cdefu64.to_le_bytes());
+    let error = decode(&unknown).unwrap_err();
+    assert!(matches!(
+        error,
+        DecodeError::UnknownFingerprint {
+            fingerprint: 0x0123_4567_89ab_cdef
+        }
+    ));
+    let text = error.to_string();
+    assert!(text.contains("0x0123456789abcdef"), "{text}");
+    assert!(text.contains("EF CD AB 89 67 45 23 01"), "{text}");
+
+    for decoder in [decode, generic_decode] {
+        let mut garbage = message[..10].to_vec();
+        garbage.extend_from_slice(&[0xff; 40]);
+        let error = decoder(&garbage).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DecodeError::MalformedDatum {
+                    kind: EventKind::Generation,
+                    writer_version: 1,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+
+        let mut trailing = message.clone();
+        trailing.push(0);
+        let error = decoder(&trailing).unwrap_err();
+        assert!(
+            matches!(error, DecodeError::MalformedDatum { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("1 trailing bytes"), "{error}");
+
+        // A datum of the other kind under this kind's fingerprint.
+        let mut mislabelled = message[..10].to_vec();
+        mislabelled.extend_from_slice(&encoded(sample_agent_run())[10..]);
+        assert!(matches!(
+            decoder(&mislabelled),
+            Err(DecodeError::MalformedDatum { .. })
+        ));
+
+        // A string length far beyond the message must fail, not allocate or panic.
+        let mut huge_length = message[..10].to_vec();
+        huge_length.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(
+            decoder(&huge_length),
+            Err(DecodeError::MalformedDatum { .. })
+        ));
+
+        // Invalid UTF-8 in a string.
+        let mut bad_text = message[..10].to_vec();
+        bad_text.extend_from_slice(&[0x04, 0xff, 0xfe]);
+        assert!(matches!(
+            decoder(&bad_text),
+            Err(DecodeError::MalformedDatum { .. })
+        ));
+    }
+    println!("example: {}", decode(&message[..40]).unwrap_err());
+}
+
+/// Every cut of a valid message is an error (never a panic, never a half-filled event).
+#[test]
+fn every_truncation_is_an_error() {
+    for message in [encoded(sample_generation()), encoded(sample_agent_run())] {
+        for length in 0..message.len() {
+            for result in [
+                decode(&message[..length]),
+                generic_decode(&message[..length]),
+            ] {
+                match result {
+                    Err(DecodeError::TooShort { .. }) => assert!(length < 10),
+                    Err(DecodeError::MalformedDatum { .. }) => assert!(length >= 10),
+                    other => panic!("cut at {length} of {}: {other:?}", message.len()),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn encodes_a_realistic_generation_in_a_few_hundred_bytes() {
+    let length = encoded(sample_generation()).len();
+    assert!(length < 400, "{length} bytes");
+}
