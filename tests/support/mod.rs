@@ -1,0 +1,156 @@
+//! Test harness for integration tests against the real local stack (`scripts/stack up`).
+//!
+//! Each [`TestEnv`] gets its own Kafka topics, Postgres database, ClickHouse database and
+//! consumer group (unique suffix), runs `tally migrate` against them, and starts the services
+//! in-process on port 0. Nothing is shared between tests; `cleanup` drops what was created.
+//! Waiting is done by polling with a deadline ([`eventually`]), never by sleeping a fixed time.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use tally_common::shutdown::CancellationToken;
+use tally_common::{keys, migrate, stores, Config};
+
+pub struct TestEnv {
+    pub config: Config,
+    pub id: String,
+    pub pg_database: String,
+    admin_url: String,
+    pub pool: sqlx::PgPool,
+    tokens: Vec<CancellationToken>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub http: reqwest::Client,
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("postgres URL has a database");
+    format!("{base}/{database}")
+}
+
+impl TestEnv {
+    /// A fresh, migrated environment. The stack's addresses come from `TALLY__*` variables
+    /// (scripts/test exports them) or the defaults, which match scripts/stack.
+    pub async fn new() -> TestEnv {
+        let _ = tracing_subscriber_init();
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let mut config = Config::load(None).expect("configuration");
+        let admin_url = config.postgres.url.expose().to_string();
+        let pg_database = format!("tally_test_{id}");
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("postgres of the local stack (scripts/stack up)");
+        sqlx::query(&format!("CREATE DATABASE {pg_database}")).execute(&mut admin).await.expect("create test database");
+        config.postgres.url = tally_common::config::Secret::new(with_database(&admin_url, &pg_database));
+        config.postgres.max_connections = 8;
+        config.clickhouse.database = format!("tally_test_{id}");
+        config.kafka.topic = format!("tally-test-{id}");
+        config.kafka.dead_letter_topic = format!("tally-test-{id}-dlq");
+        config.kafka.consumer_group = format!("tally-test-{id}");
+        config.kafka.partitions = 4;
+        config.processor.batch_max_wait_ms = 100;
+        config.processor.price_refresh_secs = 1;
+        config.processor.max_retry_backoff_ms = 1_000;
+        migrate::run_all(&config).await.expect("migrations");
+        let pool = stores::postgres_pool(&config.postgres).expect("pool");
+        TestEnv {
+            config,
+            id,
+            pg_database,
+            admin_url,
+            pool,
+            tokens: Vec::new(),
+            tasks: Vec::new(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        }
+    }
+
+    async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        (listener, address)
+    }
+
+    fn track(&mut self, token: CancellationToken, task: tokio::task::JoinHandle<anyhow::Result<()>>) {
+        self.tokens.push(token);
+        self.tasks.push(task);
+    }
+
+    /// Starts ingest with this environment's config; returns its base URL.
+    pub async fn start_ingest(&mut self) -> String {
+        let config = self.config.clone();
+        self.start_ingest_with(config).await
+    }
+
+    pub async fn start_ingest_with(&mut self, config: Config) -> String {
+        let (listener, address) = Self::listen().await;
+        let token = CancellationToken::new();
+        let task = tokio::spawn(tally_ingest::serve(config, listener, token.clone()));
+        self.track(token, task);
+        format!("http://{address}")
+    }
+
+    /// Starts a processor worker; returns its token (cancel it to stop that worker).
+    pub async fn start_processor(&mut self) -> CancellationToken {
+        let (listener, _) = Self::listen().await;
+        let token = CancellationToken::new();
+        let task = tokio::spawn(tally_processor::serve(self.config.clone(), listener, token.clone()));
+        self.track(token.clone(), task);
+        token
+    }
+
+    pub async fn start_query_api(&mut self) -> String {
+        let (listener, address) = Self::listen().await;
+        let token = CancellationToken::new();
+        let task = tokio::spawn(tally_query_api::serve(self.config.clone(), listener, token.clone()));
+        self.track(token, task);
+        format!("http://{address}")
+    }
+
+    pub async fn api_key(&self, project: &str) -> String {
+        keys::create_key(&self.pool, project).await.expect("create key").key
+    }
+
+    /// Stops the services and drops the databases and topics this environment created.
+    pub async fn cleanup(mut self) {
+        for token in &self.tokens {
+            token.cancel();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+        self.pool.close().await;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.pg_database)).execute(&mut admin).await;
+        }
+        let clickhouse = stores::clickhouse_server_client(&self.config.clickhouse);
+        let _ = clickhouse.query(&format!("DROP DATABASE IF EXISTS {}", self.config.clickhouse.database)).execute().await;
+        let _ = stores::delete_topic(&self.config.kafka, &self.config.kafka.topic).await;
+        let _ = stores::delete_topic(&self.config.kafka, &self.config.kafka.dead_letter_topic).await;
+    }
+}
+
+fn tracing_subscriber_init() {
+    if std::env::var("TALLY_TEST_LOG").is_ok() {
+        tally_common::telemetry::init_tracing(&tally_common::config::LogConfig { format: "text".into(), filter: "info".into() });
+    }
+}
