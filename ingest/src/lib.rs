@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -201,7 +202,18 @@ fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String,
     Ok(Prepared { parsed, messages, message_index })
 }
 
-async fn ingest_events(State(state): State<Arc<IngestState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn ingest_events(
+    State(state): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            body_error(BodyError::TooLarge { limit: state.limits.max_body_bytes })
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rejection.body_text())
+        }
+    })?;
     let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
     let project = state.authenticator.authenticate(authorization).await.map_err(auth_error)?;
     let span = tracing::info_span!("ingest_batch", project = %project, bytes = body.len());
