@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tally_common::config::Config;
 use tally_common::shutdown::CancellationToken;
 use tally_common::stores;
@@ -183,14 +183,18 @@ async fn write_with_retry(
                 sink.metrics.messages.with_label_values(&["duplicate"]).inc_by(report.duplicates);
                 sink.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(report.dead_lettered);
                 sink.metrics.unpriced.inc_by(report.unpriced);
+                // `store_offsets` stores the next offset to read as given (the single-offset
+                // `store_offset` would store offset + 1 and make a new owner skip a message).
+                let mut applied = TopicPartitionList::new();
                 for (partition, outcome) in &report.outcomes {
-                    let next_offset = match outcome {
-                        PartitionOutcome::Applied { next_offset } | PartitionOutcome::AlreadyApplied { next_offset } => *next_offset,
-                        _ => continue,
-                    };
-                    // Fails harmlessly if the partition was revoked meanwhile.
-                    if let Err(error) = consumer.store_offset(topic, *partition, next_offset) {
-                        tracing::debug!(%error, partition, "offset not stored");
+                    if let PartitionOutcome::Applied { next_offset } | PartitionOutcome::AlreadyApplied { next_offset } = outcome {
+                        let _ = applied.add_partition_offset(topic, *partition, Offset::Offset(*next_offset));
+                    }
+                }
+                if applied.count() > 0 {
+                    // Fails harmlessly for partitions revoked meanwhile.
+                    if let Err(error) = consumer.store_offsets(&applied) {
+                        tracing::debug!(%error, "offsets not stored");
                     }
                 }
                 tracing::debug!(counted = report.counted, duplicates = report.duplicates, elapsed_ms = started.elapsed().as_millis() as u64, "batch written");
