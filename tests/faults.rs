@@ -7,115 +7,14 @@
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::TopicPartitionList;
-use rust_decimal::Decimal;
-use serde_json::{json, Value};
+use support::truth::{assert_exact, counted, send_all, set_price, stored};
 use support::{eventually, TestEnv};
 use tally_common::stores;
-
-const START_MS: i64 = 1_793_527_200_000; // 2026-11-01T10:00:00Z
-
-/// Ground truth of what was acknowledged.
-#[derive(Debug, Default, PartialEq)]
-struct Truth {
-    requests: u64,
-    input_tokens: u64,
-    cost: Decimal,
-    run_generations: u64,
-}
-
-fn event(index: usize) -> (Value, Decimal) {
-    let input = 100 + (index % 900) as i64;
-    let output = 10 + (index % 300) as i64;
-    // testco/alpha: 3 per million input, 15 per million output (set by the test).
-    let cost = (Decimal::from(input) * Decimal::from(3) + Decimal::from(output) * Decimal::from(15)) / Decimal::from(1_000_000);
-    let mut value = json!({"type": "generation", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": format!("trace-{}", index / 4),
-        "provider": "testco", "model": "alpha", "user_id": format!("u{}", index % 13), "start_time": START_MS + (index as i64 % 7_200_000),
-        "duration_ms": 120, "input_tokens": input, "output_tokens": output});
-    if index % 3 == 0 {
-        value["agent_run_id"] = json!(format!("run-{}", index % 50));
-    }
-    (value, cost)
-}
-
-async fn set_price(env: &TestEnv) {
-    let price = tally_processor::prices::ModelPrice {
-        provider: "testco".into(),
-        model_pattern: "alpha".into(),
-        input_per_mtok: Decimal::from(3),
-        output_per_mtok: Decimal::from(15),
-        cache_read_per_mtok: Decimal::from(3),
-        cache_creation_per_mtok: Decimal::from(3),
-        currency: "USD".into(),
-        effective_from: time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(365 * 30),
-    };
-    tally_processor::prices::upsert(&env.pool, &[price]).await.unwrap();
-}
-
-/// Sends `count` events in batches of 500, retrying 503s, and returns the acknowledged truth.
-async fn send_all(http: reqwest::Client, url: String, key: String, count: usize) -> Truth {
-    let mut truth = Truth::default();
-    let mut index = 0;
-    while index < count {
-        let batch: Vec<(Value, Decimal)> = (index..(index + 500).min(count)).map(event).collect();
-        let body = json!({"events": batch.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>()}).to_string();
-        loop {
-            let response = http.post(format!("{url}/v1/events")).bearer_auth(&key).header("content-type", "application/json")
-                .body(body.clone()).send().await.unwrap();
-            match response.status().as_u16() {
-                200 => break,
-                503 => tokio::time::sleep(Duration::from_secs(1)).await,
-                other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
-            }
-        }
-        for (value, cost) in &batch {
-            truth.requests += 1;
-            truth.input_tokens += value["input_tokens"].as_u64().unwrap();
-            truth.cost += cost;
-            truth.run_generations += u64::from(value.get("agent_run_id").is_some());
-        }
-        index += batch.len();
-    }
-    truth
-}
-
-#[derive(clickhouse::Row, serde::Deserialize)]
-struct StoredTotals {
-    requests: u64,
-    input_tokens: u64,
-    cost: String,
-}
-
-/// What the stores hold for project acme: rollup totals, raw rows, duplicate raw rows, run totals.
-async fn stored(env: &TestEnv) -> (Truth, u64, u64) {
-    let clickhouse = stores::clickhouse_client(&env.config.clickhouse);
-    let totals: StoredTotals = clickhouse
-        .query("SELECT sum(requests) AS requests, sum(input_tokens) AS input_tokens, toString(sum(cost)) AS cost FROM cost_rollup_hourly FINAL WHERE project_id = 'acme'")
-        .fetch_one()
-        .await
-        .unwrap();
-    let (raw, distinct): (u64, u64) = clickhouse
-        .query("SELECT count(), uniqExact(event_id) FROM generations FINAL WHERE project_id = 'acme'")
-        .fetch_one()
-        .await
-        .unwrap();
-    let run_generations: Option<i64> = sqlx::query_scalar("SELECT sum(generation_count)::bigint FROM agent_runs WHERE project_id = 'acme'")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    let truth = Truth {
-        requests: totals.requests,
-        input_tokens: totals.input_tokens,
-        cost: Decimal::from_str(&totals.cost).unwrap_or_default(),
-        run_generations: run_generations.unwrap_or_default() as u64,
-    };
-    (truth, raw, raw - distinct)
-}
 
 fn spawn_processor(env: &TestEnv, name: &str) -> Child {
     let config = &env.config;
@@ -137,21 +36,6 @@ fn spawn_processor(env: &TestEnv, name: &str) -> Child {
         .stderr(log)
         .spawn()
         .expect("start tally processor")
-}
-
-async fn counted(env: &TestEnv) -> u64 {
-    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_events").fetch_one(&env.pool).await.unwrap() as u64
-}
-
-/// Waits until the stores hold exactly the truth, then checks there is no duplicate raw row.
-async fn assert_exact(env: &TestEnv, truth: &Truth) {
-    let (stored_truth, raw, duplicates) = eventually("stores to hold every acknowledged event", Duration::from_secs(120), || async {
-        let state = stored(env).await;
-        (state.0.requests >= truth.requests && state.0.run_generations >= truth.run_generations).then_some(state)
-    })
-    .await;
-    assert_eq!(&stored_truth, truth, "rollup and run totals equal the acknowledged events");
-    assert_eq!((raw, duplicates), (truth.requests, 0), "one raw row per event");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -182,7 +66,7 @@ async fn processor_killed_mid_stream_then_restarted() {
     })
     .await;
     replay.cancel();
-    assert_eq!(stored(&env).await.0, truth, "re-reading every offset changed nothing");
+    assert_eq!(stored(&env).await.unwrap().0, truth, "re-reading every offset changed nothing");
     second.kill().unwrap();
     second.wait().unwrap();
     env.cleanup().await;

@@ -245,6 +245,9 @@ impl Default for LogConfig {
     }
 }
 
+/// Keys whose values are never printed, not even in errors.
+const SECRET_KEYS: [&str; 3] = ["postgres.url", "redis.url", "clickhouse.password"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -272,8 +275,19 @@ impl Config {
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
         let config: Config = figment.extract().map_err(|error| {
-            // figment's message names the key and where it came from; it never echoes values.
-            let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
+            // figment's messages name the key and where it came from, but a type error quotes the
+            // value: for secret keys only the key is reported.
+            let messages: Vec<String> = error
+                .into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    if SECRET_KEYS.contains(&key.as_str()) {
+                        format!("invalid value for {key} (value hidden; quote it if it looks like a number)")
+                    } else {
+                        e.to_string()
+                    }
+                })
+                .collect();
             ConfigError::Invalid(messages.join("; "))
         })?;
         config.validate()?;
@@ -283,6 +297,9 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!("log.format must be text or json, not {:?}", self.log.format)));
+        }
+        if self.processor.price_refresh_secs == 0 {
+            return Err(ConfigError::Invalid("processor.price_refresh_secs must be at least 1".into()));
         }
         if self.ingest.max_events_per_request == 0 || self.processor.batch_max_events == 0 {
             return Err(ConfigError::Invalid("batch sizes must be at least 1".into()));
@@ -315,6 +332,13 @@ mod tests {
         assert_eq!(config.ingest.max_events_per_request, 7);
         assert_eq!(config.kafka.topic, "from-env");
         assert_eq!(config.processor.batch_max_events, ProcessorConfig::default().batch_max_events);
+    }
+
+    #[test]
+    fn secrets_are_not_echoed_in_errors() {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Serialized::default("clickhouse.password", 424242));
+        let error = Config::extract(figment).unwrap_err().to_string();
+        assert!(error.contains("clickhouse.password") && !error.contains("424242"), "{error}");
     }
 
     #[test]

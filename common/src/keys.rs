@@ -24,6 +24,8 @@ const CACHE_CAPACITY: usize = 10_000;
 pub enum KeyError {
     #[error("invalid project name {0:?}: use 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit")]
     BadProjectName(String),
+    #[error("{1} keys have the prefix {0:?}; revoke by id (tally keys list)")]
+    Ambiguous(String, i64),
     #[error("no API key with id or prefix {0:?}")]
     NotFound(String),
     #[error("postgres: {0}")]
@@ -104,6 +106,12 @@ pub async fn create_key(pool: &PgPool, project: &str) -> Result<CreatedKey, KeyE
 /// Revokes a key given its id or its printed prefix (`tally_1a2b3c4d`).
 pub async fn revoke_key(pool: &PgPool, id_or_prefix: &str) -> Result<KeyInfo, KeyError> {
     let id = Uuid::parse_str(id_or_prefix).ok();
+    if id.is_none() {
+        let matching: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE key_prefix = $1").bind(id_or_prefix).fetch_one(pool).await?;
+        if matching > 1 {
+            return Err(KeyError::Ambiguous(id_or_prefix.to_string(), matching));
+        }
+    }
     let revoked: Option<KeyInfo> = sqlx::query_as(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
          WHERE id = $1 OR ($1 IS NULL AND key_prefix = $2)

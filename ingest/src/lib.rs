@@ -65,10 +65,16 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<IngestState>> {
         max_metadata_value_bytes: config.ingest.max_metadata_value_bytes,
     };
     let probe_pool = pool.clone();
-    let readiness = Readiness::default().with("postgres", move || {
-        let pool = probe_pool.clone();
-        async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(|e| e.to_string()) }
-    });
+    let probe_kafka = producer.checker();
+    let readiness = Readiness::default()
+        .with("kafka", move || {
+            let checker = probe_kafka.clone();
+            async move { checker.check().await }
+        })
+        .with("postgres", move || {
+            let pool = probe_pool.clone();
+            async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(|e| e.to_string()) }
+        });
     Ok(Arc::new(IngestState {
         limits,
         authenticator: Authenticator::new(pool, Duration::from_secs(config.ingest.key_cache_secs)),
@@ -106,11 +112,6 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
 }
 
 async fn ready(State(state): State<Arc<IngestState>>) -> Response {
-    let kafka = state.producer.check().await;
-    if let Err(error) = kafka {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not_ready", "failing": {"kafka": error}})))
-            .into_response();
-    }
     state.readiness.check().await
 }
 

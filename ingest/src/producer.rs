@@ -79,7 +79,27 @@ impl EventProducer {
         Ok(results)
     }
 
-    /// Checks that the broker answers and the topic exists (for `/ready`).
+    /// A cloneable probe for `/ready`.
+    pub fn checker(&self) -> TopicChecker {
+        TopicChecker { producer: self.producer.clone(), topic: self.topic.clone() }
+    }
+
+    /// Waits (bounded) for every queued message to be delivered; called at shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(timeout) {
+            tracing::warn!(%error, in_flight = self.producer.in_flight_count(), "producer flush incomplete at shutdown");
+        }
+    }
+}
+
+/// Checks that the broker answers and the topic exists.
+#[derive(Clone)]
+pub struct TopicChecker {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl TopicChecker {
     pub async fn check(&self) -> Result<(), String> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
@@ -95,12 +115,5 @@ impl EventProducer {
         })
         .await
         .map_err(|error| error.to_string())?
-    }
-
-    /// Waits (bounded) for every queued message to be delivered; called at shutdown.
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(timeout) {
-            tracing::warn!(%error, in_flight = self.producer.in_flight_count(), "producer flush incomplete at shutdown");
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! is down (consumption pauses: nothing more is read, so memory stays bounded), and store the
 //! Kafka offsets after the stores acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,8 +84,10 @@ pub fn create_consumer(config: &Config, metrics: ProcessorMetrics) -> KafkaResul
     Ok((consumer, revoked))
 }
 
-/// Runs until `shutdown`: consume, batch, write, store offsets. The batch in hand when the
-/// shutdown comes is written (or its retries abandoned) before returning.
+/// Runs until `shutdown`: consume, batch, write, store offsets. A write in progress when the
+/// shutdown comes is finished (or, while a store is down, abandoned); messages buffered but not
+/// yet written are dropped, which is safe: their offsets were not stored, so the partition's
+/// next owner reads them again.
 pub async fn run(
     config: Config,
     consumer: StreamConsumer<GroupContext>,
@@ -101,6 +103,7 @@ pub async fn run(
     let mut buffers: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
     let mut buffered = 0usize;
     let mut oldest: Option<Instant> = None;
+    let mut accept_gap_below: HashMap<i32, i64> = HashMap::new();
 
     loop {
         let deadline = oldest.map(|at| at + max_wait);
@@ -114,6 +117,13 @@ pub async fn run(
                 }
             } => None,
         };
+        // Revocations first: a message returned after a rebalance belongs to the new assignment
+        // and must not be dropped with the revoked partition's old buffer.
+        for partition in std::mem::take(&mut *revoked.lock().expect("revoked list poisoned")) {
+            if let Some(dropped) = buffers.remove(&partition) {
+                buffered -= dropped.len();
+            }
+        }
         if let Some(message) = received {
             match message {
                 Ok(message) => {
@@ -123,7 +133,7 @@ pub async fn run(
                     let decoded = tally_schemas::decode(&payload);
                     let buffer = buffers.entry(partition).or_default();
                     if buffer.last().is_some_and(|last| offset <= last.offset) {
-                        // Re-read after a rebalance: start this partition's buffer afresh.
+                        // Re-read after a rebalance or a seek: start this partition's buffer afresh.
                         buffered -= buffer.len();
                         buffer.clear();
                     }
@@ -137,17 +147,25 @@ pub async fn run(
                 }
             }
         }
-        for partition in std::mem::take(&mut *revoked.lock().expect("revoked list poisoned")) {
-            if let Some(dropped) = buffers.remove(&partition) {
-                buffered -= dropped.len();
-            }
-        }
         let due = oldest.is_some_and(|at| at.elapsed() >= max_wait);
         if buffered == 0 || (buffered < max_events && !due) {
             continue;
         }
         let table = prices.borrow().clone();
-        write_with_retry(&sink, &mut buffers, &table, &consumer, &topic, max_backoff, &shutdown).await;
+        let gaps = write_with_retry(&sink, &mut buffers, &table, &consumer, &topic, max_backoff, &shutdown, &accept_gap_below).await;
+        accept_gap_below.clear();
+        for (partition, expected) in gaps {
+            // Re-read from the next offset to apply, unless Kafka no longer has it.
+            buffers.remove(&partition);
+            let low = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)).map(|(low, _)| low).unwrap_or(0);
+            if low > expected {
+                accept_gap_below.insert(partition, low);
+            } else if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(expected), Duration::from_secs(5)) {
+                tracing::warn!(%error, partition, expected, "seek back failed; the partition's next owner re-reads it");
+            } else {
+                tracing::info!(partition, expected, "buffer skipped offsets; re-reading from the next offset to apply");
+            }
+        }
         buffered = buffers.values().map(Vec::len).sum();
         oldest = (buffered > 0).then(Instant::now);
         if shutdown.is_cancelled() {
@@ -168,13 +186,14 @@ async fn write_with_retry(
     topic: &str,
     max_backoff: Duration,
     shutdown: &CancellationToken,
-) {
+    accept_gap_below: &HashMap<i32, i64>,
+) -> Vec<(i32, i64)> {
     let messages: usize = buffers.values().map(Vec::len).sum();
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         let span = tracing::info_span!("write_batch", messages, partitions = buffers.len());
-        match sink.write(buffers, prices).instrument(span).await {
+        match sink.write(buffers, prices, accept_gap_below).instrument(span).await {
             Ok(report) => {
                 sink.metrics.waiting_for.reset();
                 sink.metrics.batch_messages.observe(messages as f64);
@@ -198,7 +217,14 @@ async fn write_with_retry(
                     }
                 }
                 tracing::debug!(counted = report.counted, duplicates = report.duplicates, elapsed_ms = started.elapsed().as_millis() as u64, "batch written");
-                return;
+                return report
+                    .outcomes
+                    .iter()
+                    .filter_map(|(partition, outcome)| match outcome {
+                        PartitionOutcome::Gap { expected } => Some((*partition, *expected)),
+                        _ => None,
+                    })
+                    .collect();
             }
             Err(error) => {
                 let store = error.store();
@@ -208,7 +234,7 @@ async fn write_with_retry(
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         tracing::warn!("shutdown while a store is down: the batch will be re-read by the next owner");
-                        return;
+                        return Vec::new();
                     }
                     _ = tokio::time::sleep(backoff) => {}
                 }

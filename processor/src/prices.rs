@@ -53,7 +53,8 @@ impl ModelPrice {
         if self.provider.is_empty() || self.provider != self.provider.to_ascii_lowercase() {
             return Err(format!("provider {:?} must be non-empty and lowercase", self.provider));
         }
-        if self.model_pattern.is_empty() || self.model_pattern[..self.model_pattern.len() - 1].contains('*') {
+        let body = self.model_pattern.strip_suffix('*').unwrap_or(&self.model_pattern);
+        if body.is_empty() || body.contains('*') {
             return Err(format!("model_pattern {:?} must be a model name or a prefix ending in '*'", self.model_pattern));
         }
         for (name, price) in [

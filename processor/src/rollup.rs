@@ -11,7 +11,8 @@ use tally_schemas::{AgentRun, CacheStatus, Generation, GenerationStatus};
 use crate::prices::PriceTable;
 
 /// Latency histogram buckets: bucket 0 holds durations under 1 ms, bucket i (1..=LAST) those
-/// under 2^(i/4) ms (about 19 % wide), the last one everything longer (~ 9.5 min and up).
+/// under 2^(i/4) ms (about 19 % wide); the last one (from 2^19.5 ms, about 12 min) also holds
+/// everything longer.
 pub const LATENCY_BUCKETS: usize = 80;
 
 pub fn latency_bucket(duration_us: i64) -> usize {

@@ -73,6 +73,8 @@ pub enum PartitionOutcome {
     Deferred,
     /// Another worker took the partition over and applied the batch; drop the messages.
     LostOwnership,
+    /// The buffer starts after the next offset to apply: drop it and re-read from `expected`.
+    Gap { expected: i64 },
 }
 
 /// Summary of one write, for logs and metrics.
@@ -117,7 +119,15 @@ fn event_key(event: &Event) -> (&str, &str) {
 impl Sink {
     /// Writes the buffered messages of every partition. Messages of applied, already-applied
     /// and lost partitions are removed from `buffers`; deferred ones stay.
-    pub async fn write(&self, buffers: &mut BTreeMap<i32, Vec<Incoming>>, prices: &PriceTable) -> Result<WriteReport, SinkError> {
+    ///
+    /// `accept_gap_below` holds, per partition, Kafka's low watermark when the consumer found
+    /// that offsets it must re-read were deleted; only then is a gap skipped.
+    pub async fn write(
+        &self,
+        buffers: &mut BTreeMap<i32, Vec<Incoming>>,
+        prices: &PriceTable,
+        accept_gap_below: &HashMap<i32, i64>,
+    ) -> Result<WriteReport, SinkError> {
         let mut report = WriteReport::default();
 
         // Step 1: claim.
@@ -125,6 +135,17 @@ impl Sink {
         let mut claims = Vec::new();
         for (&partition, messages) in buffers.iter() {
             let (Some(first), Some(last)) = (messages.first(), messages.last()) else { continue };
+            // The row must exist before it is locked: two workers racing on a partition's very
+            // first batch would otherwise both see "no row" and both apply.
+            sqlx::query(
+                "INSERT INTO partition_progress (topic, kafka_partition, next_offset) VALUES ($1, $2, $3)
+                 ON CONFLICT (topic, kafka_partition) DO NOTHING",
+            )
+            .bind(&self.topic)
+            .bind(partition)
+            .bind(first.offset)
+            .execute(&mut *transaction)
+            .await?;
             let row: Option<(i64, Option<i64>)> = sqlx::query_as(
                 "SELECT next_offset, pending_end FROM partition_progress WHERE topic = $1 AND kafka_partition = $2 FOR UPDATE",
             )
@@ -145,12 +166,19 @@ impl Sink {
             let first_index = messages.partition_point(|message| message.offset < next_offset);
             let start = messages[first_index].offset;
             if start > next_offset {
-                tracing::warn!(partition, expected = next_offset, got = start, "offset gap: messages were deleted or compacted before they were applied");
-                self.metrics.offset_gaps.inc();
+                if accept_gap_below.get(&partition).is_some_and(|low| *low > next_offset) {
+                    // Kafka no longer has the missing offsets (retention): nothing can bring them back.
+                    tracing::error!(partition, expected = next_offset, got = start, "offsets deleted by retention before they were applied");
+                    self.metrics.offset_gaps.inc();
+                } else {
+                    // The buffer skipped messages (e.g. across a rebalance): re-read, never skip.
+                    report.outcomes.insert(partition, PartitionOutcome::Gap { expected: next_offset });
+                    continue;
+                }
             }
             sqlx::query(
-                "INSERT INTO partition_progress (topic, kafka_partition, next_offset, pending_end) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (topic, kafka_partition) DO UPDATE SET next_offset = $3, pending_end = $4, updated_at = now()",
+                "UPDATE partition_progress SET next_offset = $3, pending_end = $4, updated_at = now()
+                 WHERE topic = $1 AND kafka_partition = $2",
             )
             .bind(&self.topic)
             .bind(partition)

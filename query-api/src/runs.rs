@@ -95,7 +95,7 @@ impl From<RunRow> for Run {
 #[derive(Debug, Serialize)]
 pub struct RunPage {
     pub runs: Vec<Run>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
+    /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -116,7 +116,7 @@ pub async fn list_runs(
         }
     }
     let limit = match params.get("limit") {
-        None => 50,
+        None => 50.min(state.max_page_size),
         Some(text) => match text.parse::<u32>() {
             Ok(limit) if (1..=state.max_page_size).contains(&limit) => limit,
             _ => return Err(ApiError::bad_parameter("limit", format!("limit must be an integer from 1 to {}", state.max_page_size))),

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod truth;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -53,9 +55,13 @@ impl TestEnv {
     /// A fresh, migrated environment. The stack's addresses come from `TALLY__*` variables
     /// (scripts/test exports them) or the defaults, which match scripts/stack.
     pub async fn new() -> TestEnv {
+        Self::with_config(Config::load(None).expect("configuration")).await
+    }
+
+    /// Like [`TestEnv::new`] on the stack `config` points at (e.g. a private stack).
+    pub async fn with_config(mut config: Config) -> TestEnv {
         let _ = tracing_subscriber_init();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let mut config = Config::load(None).expect("configuration");
         let admin_url = config.postgres.url.expose().to_string();
         let pg_database = format!("tally_test_{id}");
         let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("postgres of the local stack (scripts/stack up)");
@@ -111,11 +117,16 @@ impl TestEnv {
 
     /// Starts a processor worker; returns its token (cancel it to stop that worker).
     pub async fn start_processor(&mut self) -> CancellationToken {
-        let (listener, _) = Self::listen().await;
+        self.start_processor_at().await.0
+    }
+
+    /// Starts a processor worker; returns its token and its base URL (health, ready, metrics).
+    pub async fn start_processor_at(&mut self) -> (CancellationToken, String) {
+        let (listener, address) = Self::listen().await;
         let token = CancellationToken::new();
         let task = tokio::spawn(tally_processor::serve(self.config.clone(), listener, token.clone()));
         self.track(token.clone(), task);
-        token
+        (token, format!("http://{address}"))
     }
 
     pub async fn start_query_api(&mut self) -> String {
