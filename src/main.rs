@@ -64,6 +64,8 @@ enum Command {
     },
     /// Print the effective configuration (secrets hidden).
     Config,
+    /// Generate realistic load against the ingest service and report throughput, latency, lag and memory.
+    Loadtest(tally_loadtest::LoadtestArgs),
 }
 
 #[derive(Subcommand)]
@@ -162,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{config:#?}");
                 Ok(())
             }
+            Command::Loadtest(args) => tally_loadtest::run(args).await.map(|_| ()),
         }
     })
 }

@@ -1,1 +1,38 @@
-//! placeholder
+//! `tally-loadtest`: the load generator and benchmark behind `tally loadtest`.
+//!
+//! It answers "how much can this deployment take, and how fast does it show up?": realistic
+//! LLM telemetry is posted to `POST /v1/events` at a fixed rate or as fast as the service
+//! accepts it, and the report gives accepted events/s, request latency percentiles, errors by
+//! status, the end-to-end lag until the rollups count an event, the processor's consumption
+//! rate and drain time, and the peak memory of each service.
+//!
+//! # Running
+//! ```text
+//! # Maximum throughput for 60 s with 8 connections, everything measured:
+//! tally loadtest --api-key $KEY --duration 60s --connections 8 \
+//!     --query-url http://127.0.0.1:8082 --processor-metrics-url http://127.0.0.1:8081/metrics \
+//!     --pids ingest=$(pgrep -f 'tally ingest'),processor=$(pgrep -f 'tally processor') --json result.json
+//! # A fixed 5,000 events/s, gzip, NDJSON, 100 events per request:
+//! tally loadtest --api-key $KEY --rate 5000 --batch-size 100 --compression gzip --ndjson
+//! ```
+//! The workload is reproducible: the same `--seed` and flags send the same events (with
+//! fresh timestamps). Ctrl-C stops early and still reports what was measured.
+//!
+//! # Layout
+//! - [`settings`]: the command line ([`LoadtestArgs`]) and its validation.
+//! - [`generator`]: the seeded workload, written straight to JSON bytes.
+//! - [`runner`]: connections, pacing, retries, latency recording, progress and [`run`].
+//! - [`probe`]: end-to-end lag, by polling `GET /v1/costs` for a uniquely tagged event.
+//! - [`services`]: processor `/metrics` scraping and `/proc` memory sampling.
+//! - [`report`]: the [`Report`] (serde, for `--json`) and its table.
+
+pub mod generator;
+pub mod probe;
+pub mod report;
+pub mod runner;
+pub mod services;
+pub mod settings;
+
+pub use report::Report;
+pub use runner::run;
+pub use settings::{ApiKey, LoadtestArgs};
