@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Turns the JSON reports of scripts/bench (a.json, b.json, c.json) into docs/performance.md."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+reports = {name: json.loads((out / f"{name}.json").read_text()) for name in "abc" if (out / f"{name}.json").exists()}
+first = next(iter(reports.values()))
+machine = first["machine"]
+
+
+def version(command):
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except Exception:  # noqa: BLE001 - a missing tool just leaves the cell empty
+        return "?"
+
+
+def fmt(value, digits=0):
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def mem(report, name):
+    for service in report.get("memory", []):
+        if service["name"] == name:
+            peak = service.get("lifetime_peak_rss_bytes") or service.get("peak_rss_bytes")
+            return "-" if peak is None else f"{peak / 2**20:,.0f} MiB"
+    return "-"
+
+
+print("# Performance\n")
+print("Measured by `scripts/bench` (re-run it to refresh this page). Everything ran on one machine: the Kafka broker, "
+      "ClickHouse, Postgres, Redis, the three Tally services and the load generator shared its cores, so the figures are "
+      "for the whole pipeline colocated, not for any one component. These machines are shared and noisy: treat single "
+      "figures as +-15 %.\n")
+print(f"- machine: {machine.get('cpus')} cores, {machine.get('cpu_model')}, {fmt((machine.get('memory_bytes') or 0) / 2**30, 1)} GiB, kernel {machine.get('kernel')}")
+print(f"- date: {first['started_at']}; {version(['cargo', '--version'])}; Kafka 4.1.1 (KRaft, 1 node, heap 768 MiB); {version(['clickhouse-client', '--version'])}; PostgreSQL 15; release build")
+s = first["settings"]
+print(f"- load: {s.get('connections')} connections, {s.get('batch_size')}-event batches, JSON bodies, "
+      f"{fmt(s.get('cache_hit_share'), 2)} cache-hit share, {fmt(s.get('duplicate_share'), 3)} duplicates, {fmt(s.get('invalid_share'), 3)} invalid\n")
+
+print("| scenario | accepted events/s | request p50 / p95 / p99 / max (ms) | processor events/s (drain) | e2e lag p50 / p99 (ms) | peak RSS ingest / processor |")
+print("|---|---|---|---|---|---|")
+names = {"a": "(a) ingest only, max throughput", "b": "(b) end to end, max throughput", "c": "(c) half of (b)'s sustained rate"}
+for key, report in reports.items():
+    latency = report["latency_ms"]
+    processor = report.get("processor") or {}
+    lag = (report.get("end_to_end_lag") or {}).get("lag_ms") or {}
+    lag_cell = "-" if not lag else f"{fmt(lag.get('p50'))} / {fmt(lag.get('p99'))}"
+    target = report.get("target_events_per_sec")
+    name = names[key] + (f" (target {fmt(target)}/s)" if target else "")
+    print(f"| {name} | {fmt(report['accepted_events_per_sec'])} | {fmt(latency['p50'], 1)} / {fmt(latency['p95'], 1)} / "
+          f"{fmt(latency['p99'], 1)} / {fmt(latency['max'], 1)} | {fmt(processor.get('processed_per_sec'))} | {lag_cell} | "
+          f"{mem(report, 'ingest')} / {mem(report, 'processor')} |")
+
+print("\nRequests by status:\n")
+for key, report in reports.items():
+    print(f"- {names[key]}: {json.dumps(report['requests']['by_status'])}, events sent {report['events']['sent']:,}, "
+          f"accepted {report['events']['accepted']:,}, rejected {report['events']['rejected']:,}")
+print("\nThe load generator's own rate while busy: "
+      + ", ".join(f"{fmt(r['generator'].get('events_per_busy_sec'))}/s" for r in reports.values())
+      + " (it is not the bottleneck when this is well above the accepted rate).")
+print("\n(d) query latency on a store of 10M generation events is not measured yet.")
