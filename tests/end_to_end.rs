@@ -233,6 +233,10 @@ async fn events_flow_through_kafka_into_exact_costs_and_run_history() {
     })
     .await;
     assert_eq!(totals_of(&costs["totals"]), a.totals, "project A totals");
+    let latency = &costs["totals"]["latency_ms"];
+    let (p50, p99) = (latency["p50"].as_f64().unwrap(), latency["p99"].as_f64().unwrap());
+    // Durations were uniform in 5..20,000 ms: the median lies near 10 s, p99 near 20 s.
+    assert!((7_000.0..14_000.0).contains(&p50) && (16_000.0..24_000.0).contains(&p99), "{latency}");
     let mut by_model: BTreeMap<String, Expected> = BTreeMap::new();
     for point in costs["series"].as_array().unwrap() {
         let model = point["model"].as_str().unwrap().to_string();

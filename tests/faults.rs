@@ -16,7 +16,25 @@ use support::truth::{assert_exact, counted, send_all, set_price, stored};
 use support::{eventually, TestEnv};
 use tally_common::stores;
 
-fn spawn_processor(env: &TestEnv, name: &str) -> Child {
+/// A `tally processor` child process, killed if the test ends early (panics included), so a
+/// failed test never leaves a worker behind.
+struct Worker(Child);
+
+impl Worker {
+    /// SIGKILL, and wait for the process to be gone.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_processor(env: &TestEnv, name: &str) -> Worker {
     let config = &env.config;
     let log = std::fs::File::create(std::env::temp_dir().join(format!("tally-{}-{name}.log", env.id))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_tally"))
@@ -35,6 +53,7 @@ fn spawn_processor(env: &TestEnv, name: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Worker)
         .expect("start tally processor")
 }
 
@@ -47,8 +66,7 @@ async fn processor_killed_mid_stream_then_restarted() {
     let mut first = spawn_processor(&env, "first");
     let sender = tokio::spawn(send_all(env.http.clone(), url, key, 12_000));
     eventually("the first worker to apply some events", Duration::from_secs(60), || async { (counted(&env).await >= 2_000).then_some(()) }).await;
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill(); // SIGKILL
     let at_kill = counted(&env).await;
     let mut second = spawn_processor(&env, "second");
     let truth = sender.await.unwrap();
@@ -67,8 +85,7 @@ async fn processor_killed_mid_stream_then_restarted() {
     .await;
     replay.cancel();
     assert_eq!(stored(&env).await.unwrap().0, truth, "re-reading every offset changed nothing");
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
     env.cleanup().await;
 }
 
@@ -97,16 +114,13 @@ async fn one_of_two_workers_killed_then_a_third_joins() {
     let mut second = spawn_processor(&env, "second");
     let sender = tokio::spawn(send_all(env.http.clone(), url, key, 12_000));
     eventually("the workers to apply some events", Duration::from_secs(60), || async { (counted(&env).await >= 3_000).then_some(()) }).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     eventually("the survivor to go on", Duration::from_secs(60), || async { (counted(&env).await >= 6_000).then_some(()) }).await;
     let mut third = spawn_processor(&env, "third");
     let truth = sender.await.unwrap();
     assert_exact(&env, &truth).await;
-    for child in [&mut second, &mut third] {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    second.kill();
+    third.kill();
     env.cleanup().await;
 }
 

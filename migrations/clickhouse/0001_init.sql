@@ -47,8 +47,9 @@ ORDER BY (project_id, start_time, event_id);
 -- are keyed by the Kafka partition and first offset they were computed from and versioned by
 -- the batch end, so a replayed or taken-over batch replaces its rows instead of adding to
 -- them (ReplacingMergeTree keeps the highest version). Queries read it with FINAL.
--- latency_buckets: counts per duration bucket (bucket i holds durations below 2^(i/4) ms;
--- see processor/src/rollup.rs), summed with sumForEach for p50/p95/p99.
+-- latency_bucket_ids/latency_bucket_counts: a sparse histogram of durations (bucket i holds
+-- durations below 2^(i/4) ms; see processor/src/rollup.rs), summed with sumMap for p50/p95/p99.
+-- Sparse because most rows hold a few calls: a dense 80-bucket array made each row ~640 bytes.
 CREATE TABLE IF NOT EXISTS {db}.cost_rollup_hourly (
     project_id                   String,
     hour                         DateTime,
@@ -72,7 +73,8 @@ CREATE TABLE IF NOT EXISTS {db}.cost_rollup_hourly (
     priced_requests              UInt64,
     client_cost_requests         UInt64,
     unpriced_requests            UInt64,
-    latency_buckets              Array(UInt64)
+    latency_bucket_ids           Array(UInt8),
+    latency_bucket_counts        Array(UInt64)
 ) ENGINE = ReplacingMergeTree(batch_end)
 PARTITION BY toYYYYMM(hour)
 ORDER BY (project_id, hour, application, environment, provider, model, user_id, source_partition, source_batch_start);

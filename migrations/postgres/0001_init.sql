@@ -41,7 +41,7 @@ CREATE TABLE model_prices (
 -- recomputed batch always counts the same events.
 CREATE TABLE processed_events (
     project_id       text NOT NULL,
-    event_id         text NOT NULL,
+    event_id         uuid NOT NULL,
     kafka_partition  integer NOT NULL,
     kafka_offset     bigint NOT NULL,
     PRIMARY KEY (project_id, event_id)

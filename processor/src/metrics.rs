@@ -11,6 +11,8 @@ pub struct ProcessorMetrics {
     pub dead_lettered: IntCounter,
     pub batch_messages: Histogram,
     pub batch_seconds: Histogram,
+    /// Time per step of the write protocol (claim, compute, clickhouse, dead_letter, commit).
+    pub step_seconds: prometheus::HistogramVec,
     /// Failed store operations by store; the batch is retried.
     pub store_errors: IntCounterVec,
     /// 1 while the processor waits for this store to come back.
@@ -35,6 +37,11 @@ impl ProcessorMetrics {
                 HistogramOpts::new("tally_processor_batch_seconds", "Time to write a batch to every store")
                     .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             )?,
+            step_seconds: prometheus::HistogramVec::new(
+                HistogramOpts::new("tally_processor_step_seconds", "Time per step of the batch write protocol")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                &["step"],
+            )?,
             store_errors: IntCounterVec::new(Opts::new("tally_processor_store_errors_total", "Failed store writes, by store"), &["store"])?,
             waiting_for: IntGaugeVec::new(Opts::new("tally_processor_waiting_for", "1 while waiting for a store to recover"), &["store"])?,
             lost_ownership: IntCounter::new("tally_processor_lost_ownership_total", "Batches dropped because another worker applied them")?,
@@ -47,6 +54,7 @@ impl ProcessorMetrics {
         registry.register(Box::new(metrics.batch_messages.clone()))?;
         registry.register(Box::new(metrics.batch_seconds.clone()))?;
         registry.register(Box::new(metrics.store_errors.clone()))?;
+        registry.register(Box::new(metrics.step_seconds.clone()))?;
         registry.register(Box::new(metrics.waiting_for.clone()))?;
         registry.register(Box::new(metrics.lost_ownership.clone()))?;
         registry.register(Box::new(metrics.offset_gaps.clone()))?;

@@ -138,7 +138,9 @@ pub struct RollupRow {
     pub priced_requests: u64,
     pub client_cost_requests: u64,
     pub unpriced_requests: u64,
-    pub latency_buckets: Vec<u64>,
+    /// Sparse latency histogram: bucket ids (ascending) and their counts.
+    pub latency_bucket_ids: Vec<u8>,
+    pub latency_bucket_counts: Vec<u64>,
 }
 
 /// Totals a batch adds to one agent run (from its generations).
@@ -223,7 +225,8 @@ pub fn compute(
             priced_requests: 0,
             client_cost_requests: 0,
             unpriced_requests: 0,
-            latency_buckets: vec![0; LATENCY_BUCKETS],
+            latency_bucket_ids: Vec::new(),
+            latency_bucket_counts: Vec::new(),
         });
         let is_error = generation.status == GenerationStatus::Error;
         row.requests += 1;
@@ -242,7 +245,14 @@ pub fn compute(
         if let Some(cost) = cost {
             row.cost += to_decimal128(cost);
         }
-        row.latency_buckets[latency_bucket(generation.duration_us)] += 1;
+        let bucket = latency_bucket(generation.duration_us) as u8;
+        match row.latency_bucket_ids.binary_search(&bucket) {
+            Ok(position) => row.latency_bucket_counts[position] += 1,
+            Err(position) => {
+                row.latency_bucket_ids.insert(position, bucket);
+                row.latency_bucket_counts.insert(position, 1);
+            }
+        }
 
         if let Some(run_id) = &generation.agent_run_id {
             let delta = output.run_deltas.entry((generation.project_id.clone(), run_id.clone())).or_insert_with(|| RunDelta {

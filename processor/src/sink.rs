@@ -27,6 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{PgPool, Postgres, Transaction};
 use tally_schemas::{AgentRun, DecodeError, Event, Generation};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::metrics::ProcessorMetrics;
 use crate::prices::PriceTable;
@@ -109,6 +110,12 @@ fn timestamp(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// Event ids are UUIDs (ingest checks); anything else (an event written by another producer)
+/// gets a stable name-based UUID so it is still deduplicated.
+fn event_uuid(event_id: &str) -> Uuid {
+    Uuid::parse_str(event_id).unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, event_id.as_bytes()))
+}
+
 fn event_key(event: &Event) -> (&str, &str) {
     match event {
         Event::Generation(generation) => (&generation.project_id, &generation.event_id),
@@ -131,6 +138,11 @@ impl Sink {
         let mut report = WriteReport::default();
 
         // Step 1: claim.
+        let mut step = std::time::Instant::now();
+        let lap = |name: &str, step: &mut std::time::Instant| {
+            self.metrics.step_seconds.with_label_values(&[name]).observe(step.elapsed().as_secs_f64());
+            *step = std::time::Instant::now();
+        };
         let mut transaction = self.pool.begin().await?;
         let mut claims = Vec::new();
         for (&partition, messages) in buffers.iter() {
@@ -198,39 +210,55 @@ impl Sink {
                 if let Ok(event) = &message.decoded {
                     let (project, event_id) = event_key(event);
                     projects.push(project.to_string());
-                    event_ids.push(event_id.to_string());
+                    event_ids.push(event_uuid(event_id));
                     partitions.push(claim.partition);
                     offsets.push(message.offset);
                 }
             }
         }
-        let mut first_seen: HashMap<(String, String), (i32, i64)> = HashMap::with_capacity(event_ids.len());
+        // First-seen locations. The insert returns the ids it recorded now (almost all of them);
+        // only the others (duplicates, or ids recorded by an earlier attempt of this batch) are
+        // looked up.
+        let mut first_seen: HashMap<(String, Uuid), (i32, i64)> = HashMap::with_capacity(event_ids.len());
         if !event_ids.is_empty() {
-            sqlx::query(
+            let inserted: Vec<(String, Uuid, i32, i64)> = sqlx::query_as(
                 "INSERT INTO processed_events (project_id, event_id, kafka_partition, kafka_offset)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) ORDER BY 3, 4
-                 ON CONFLICT (project_id, event_id) DO NOTHING",
+                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::int[], $4::bigint[]) ORDER BY 3, 4
+                 ON CONFLICT (project_id, event_id) DO NOTHING
+                 RETURNING project_id, event_id, kafka_partition, kafka_offset",
             )
             .bind(&projects)
             .bind(&event_ids)
             .bind(&partitions)
             .bind(&offsets)
-            .execute(&mut *transaction)
-            .await?;
-            let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
-                "SELECT p.project_id, p.event_id, p.kafka_partition, p.kafka_offset FROM processed_events p
-                 JOIN unnest($1::text[], $2::text[]) AS wanted(project_id, event_id)
-                   ON p.project_id = wanted.project_id AND p.event_id = wanted.event_id",
-            )
-            .bind(&projects)
-            .bind(&event_ids)
             .fetch_all(&mut *transaction)
             .await?;
-            for (project, event_id, partition, offset) in rows {
+            for (project, event_id, partition, offset) in inserted {
                 first_seen.insert((project, event_id), (partition, offset));
+            }
+            let (missing_projects, missing_ids): (Vec<String>, Vec<Uuid>) = projects
+                .iter()
+                .zip(&event_ids)
+                .filter(|(project, id)| !first_seen.contains_key(&((*project).clone(), **id)))
+                .map(|(project, id)| (project.clone(), *id))
+                .unzip();
+            if !missing_ids.is_empty() {
+                let rows: Vec<(String, Uuid, i32, i64)> = sqlx::query_as(
+                    "SELECT p.project_id, p.event_id, p.kafka_partition, p.kafka_offset FROM processed_events p
+                     JOIN unnest($1::text[], $2::uuid[]) AS wanted(project_id, event_id)
+                       ON p.project_id = wanted.project_id AND p.event_id = wanted.event_id",
+                )
+                .bind(&missing_projects)
+                .bind(&missing_ids)
+                .fetch_all(&mut *transaction)
+                .await?;
+                for (project, event_id, partition, offset) in rows {
+                    first_seen.insert((project, event_id), (partition, offset));
+                }
             }
         }
         transaction.commit().await?;
+        lap("claim", &mut step);
 
         // Step 2: compute and write ClickHouse and the dead-letter topic.
         let mut outputs: Vec<(Claim, BatchOutput)> = Vec::with_capacity(claims.len());
@@ -244,7 +272,7 @@ impl Sink {
                     Err(error) => dead_letters.push((claim.partition, message.offset, &message.payload, error.to_string())),
                     Ok(event) => {
                         let (project, event_id) = event_key(event);
-                        let counts = first_seen.get(&(project.to_string(), event_id.to_string())) == Some(&(claim.partition, message.offset));
+                        let counts = first_seen.get(&(project.to_string(), event_uuid(event_id))) == Some(&(claim.partition, message.offset));
                         if !counts {
                             report.duplicates += 1;
                             continue;
@@ -261,15 +289,19 @@ impl Sink {
             report.unpriced += output.unpriced;
             outputs.push((claim, output));
         }
+        lap("compute", &mut step);
         self.write_clickhouse(&outputs).await?;
+        lap("clickhouse", &mut step);
         report.dead_lettered = dead_letters.len() as u64;
         self.dead_letter(&dead_letters).await?;
+        lap("dead_letter", &mut step);
 
         // Step 3: commit per partition, fenced by the claim.
         for (claim, output) in &outputs {
             let outcome = self.commit(claim, output).await?;
             report.outcomes.insert(claim.partition, outcome);
         }
+        lap("commit", &mut step);
         for (partition, outcome) in &report.outcomes {
             if !matches!(outcome, PartitionOutcome::Deferred) {
                 buffers.remove(partition);

@@ -45,7 +45,8 @@ struct CostRow {
     priced_requests: u64,
     client_cost_requests: u64,
     unpriced_requests: u64,
-    latency_buckets: Vec<u64>,
+    latency_bucket_ids: Vec<u8>,
+    latency_bucket_counts: Vec<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -107,11 +108,13 @@ impl Totals {
         self.priced_requests += row.priced_requests;
         self.client_cost_requests += row.client_cost_requests;
         self.unpriced_requests += row.unpriced_requests;
-        if self.latency_buckets.len() < row.latency_buckets.len() {
-            self.latency_buckets.resize(row.latency_buckets.len(), 0);
+        if self.latency_buckets.len() < LATENCY_BUCKETS {
+            self.latency_buckets.resize(LATENCY_BUCKETS, 0);
         }
-        for (sum, count) in self.latency_buckets.iter_mut().zip(&row.latency_buckets) {
-            *sum += count;
+        for (bucket, count) in row.latency_bucket_ids.iter().zip(&row.latency_bucket_counts) {
+            if let Some(sum) = self.latency_buckets.get_mut(usize::from(*bucket)) {
+                *sum += count;
+            }
         }
     }
 
@@ -212,7 +215,8 @@ pub async fn costs(
                 sum(cache_creation_input_tokens) AS cache_creation_input_tokens, sum(reasoning_tokens) AS reasoning_tokens,
                 sum(cache_hits) AS cache_hits, toString(sum(cost)) AS cost, sum(priced_requests) AS priced_requests,
                 sum(client_cost_requests) AS client_cost_requests, sum(unpriced_requests) AS unpriced_requests,
-                sumForEach(latency_buckets) AS latency_buckets
+                tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 1) AS latency_ids,
+                tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 2) AS latency_counts
          FROM cost_rollup_hourly FINAL
          WHERE project_id = ? AND hour >= toDateTime(?) AND hour < toDateTime(?)",
         step = query.interval_seconds,
@@ -258,7 +262,6 @@ pub async fn costs(
         series.push(SeriesPoint { time: format_time(time), group, totals: point });
     }
     totals.finish();
-    let _ = LATENCY_BUCKETS;
     Ok(Json(CostsAnswer {
         from: format_time(query.from),
         to: format_time(query.to),
