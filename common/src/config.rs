@@ -205,7 +205,7 @@ impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8081".into(),
-            batch_max_events: 5_000,
+            batch_max_events: 20_000,
             batch_max_wait_ms: 200,
             price_refresh_secs: 30,
             max_retry_backoff_ms: 5_000,
