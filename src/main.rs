@@ -15,6 +15,10 @@ use tally_processor::{dlq, prices};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+/// See the workspace Cargo.toml: allocation-heavy request paths run faster on mimalloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Tally: exact cost and usage telemetry for LLM traffic")]
 struct Cli {

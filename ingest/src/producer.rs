@@ -25,7 +25,10 @@ pub enum ProduceError {
 }
 
 pub struct EventProducer {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (an idempotent producer that lost its
+    /// sequence state cannot produce again); see [`EventProducer::current`].
+    producer: std::sync::RwLock<FutureProducer>,
+    config: KafkaConfig,
     topic: String,
     queue_max_messages: usize,
     metrics: IngestMetrics,
@@ -40,16 +43,34 @@ pub struct OutgoingMessage {
 impl EventProducer {
     pub fn new(config: &KafkaConfig, metrics: IngestMetrics) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: stores::producer_config(config).create()?,
+            producer: std::sync::RwLock::new(stores::producer_config(config).create()?),
+            config: config.clone(),
             topic: config.topic.clone(),
             queue_max_messages: config.queue_max_messages as usize,
             metrics,
         })
     }
 
+    /// The producer to use, after replacing it if librdkafka declared it fatally failed. Events
+    /// in flight on the old instance were reported as not acknowledged, so clients resend them.
+    fn current(&self) -> FutureProducer {
+        let producer = self.producer.read().expect("producer lock poisoned").clone();
+        let Some((code, reason)) = producer.client().fatal_error() else { return producer };
+        let mut slot = self.producer.write().expect("producer lock poisoned");
+        if slot.client().fatal_error().is_some() {
+            tracing::error!(?code, %reason, "Kafka producer failed fatally; creating a new one");
+            match stores::producer_config(&self.config).create::<FutureProducer>() {
+                Ok(fresh) => *slot = fresh,
+                Err(error) => tracing::error!(%error, "cannot create a new Kafka producer"),
+            }
+        }
+        slot.clone()
+    }
+
     /// Produces every message and waits for their delivery reports; one result per message.
     pub async fn produce_all(&self, messages: &[OutgoingMessage]) -> Result<Vec<Result<(), ProduceError>>, ProduceError> {
-        let in_flight = self.producer.in_flight_count().max(0) as usize;
+        let producer = self.current();
+        let in_flight = producer.in_flight_count().max(0) as usize;
         if in_flight + messages.len() > self.queue_max_messages {
             self.metrics.backpressure.with_label_values(&["queue_full"]).inc();
             return Err(ProduceError::QueueFull);
@@ -58,7 +79,7 @@ impl EventProducer {
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let record = FutureRecord::to(&self.topic).key(&message.key).payload(&message.payload);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => pending.push(Ok(delivery)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => pending.push(Err(ProduceError::QueueFull)),
                 Err((error, _)) => pending.push(Err(ProduceError::NotAcknowledged(error.to_string()))),
@@ -81,13 +102,14 @@ impl EventProducer {
 
     /// A cloneable probe for `/ready`.
     pub fn checker(&self) -> TopicChecker {
-        TopicChecker { producer: self.producer.clone(), topic: self.topic.clone() }
+        TopicChecker { producer: self.current(), topic: self.topic.clone() }
     }
 
     /// Waits (bounded) for every queued message to be delivered; called at shutdown.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(timeout) {
-            tracing::warn!(%error, in_flight = self.producer.in_flight_count(), "producer flush incomplete at shutdown");
+        let producer = self.current();
+        if let Err(error) = producer.flush(timeout) {
+            tracing::warn!(%error, in_flight = producer.in_flight_count(), "producer flush incomplete at shutdown");
         }
     }
 }

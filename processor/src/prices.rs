@@ -178,60 +178,57 @@ pub async fn list(pool: &PgPool) -> Result<Vec<ModelPrice>, PriceError> {
     .await?)
 }
 
-/// Inserts or replaces prices (same provider, pattern and effective_from = same row).
-pub async fn upsert(pool: &PgPool, prices: &[ModelPrice]) -> Result<u64, PriceError> {
+/// What an insert does when the row (provider, pattern, effective_from) exists.
+#[derive(Clone, Copy)]
+enum OnExisting {
+    Replace,
+    Keep,
+}
+
+async fn insert_prices(pool: &PgPool, prices: &[ModelPrice], on_existing: OnExisting) -> Result<u64, PriceError> {
+    let conflict = match on_existing {
+        OnExisting::Replace => {
+            "DO UPDATE SET input_per_mtok = EXCLUDED.input_per_mtok, output_per_mtok = EXCLUDED.output_per_mtok,
+                cache_read_per_mtok = EXCLUDED.cache_read_per_mtok,
+                cache_creation_per_mtok = EXCLUDED.cache_creation_per_mtok, currency = EXCLUDED.currency"
+        }
+        OnExisting::Keep => "DO NOTHING",
+    };
+    let sql = format!(
+        "INSERT INTO model_prices (provider, model_pattern, input_per_mtok, output_per_mtok, cache_read_per_mtok,
+                                   cache_creation_per_mtok, currency, effective_from)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (provider, model_pattern, effective_from) {conflict}"
+    );
     let mut transaction = pool.begin().await?;
     let mut changed = 0;
     for price in prices {
         price.validate().map_err(|reason| PriceError::Invalid { location: format!("{}/{}", price.provider, price.model_pattern), reason })?;
-        changed += sqlx::query(
-            "INSERT INTO model_prices (provider, model_pattern, input_per_mtok, output_per_mtok, cache_read_per_mtok,
-                                       cache_creation_per_mtok, currency, effective_from)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (provider, model_pattern, effective_from) DO UPDATE SET
-                input_per_mtok = EXCLUDED.input_per_mtok, output_per_mtok = EXCLUDED.output_per_mtok,
-                cache_read_per_mtok = EXCLUDED.cache_read_per_mtok,
-                cache_creation_per_mtok = EXCLUDED.cache_creation_per_mtok, currency = EXCLUDED.currency",
-        )
-        .bind(&price.provider)
-        .bind(&price.model_pattern)
-        .bind(price.input_per_mtok)
-        .bind(price.output_per_mtok)
-        .bind(price.cache_read_per_mtok)
-        .bind(price.cache_creation_per_mtok)
-        .bind(&price.currency)
-        .bind(price.effective_from)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
+        changed += sqlx::query(&sql)
+            .bind(&price.provider)
+            .bind(&price.model_pattern)
+            .bind(price.input_per_mtok)
+            .bind(price.output_per_mtok)
+            .bind(price.cache_read_per_mtok)
+            .bind(price.cache_creation_per_mtok)
+            .bind(&price.currency)
+            .bind(price.effective_from)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
     }
     transaction.commit().await?;
     Ok(changed)
 }
 
+/// Inserts or replaces prices (same provider, pattern and effective_from = same row), all or
+/// nothing.
+pub async fn upsert(pool: &PgPool, prices: &[ModelPrice]) -> Result<u64, PriceError> {
+    insert_prices(pool, prices, OnExisting::Replace).await
+}
+
 /// Inserts prices that are not there yet, leaving existing rows (and operators' edits) alone.
 pub async fn seed(pool: &PgPool, prices: &[ModelPrice]) -> Result<u64, PriceError> {
-    let mut inserted = 0;
-    for price in prices {
-        price.validate().map_err(|reason| PriceError::Invalid { location: format!("{}/{}", price.provider, price.model_pattern), reason })?;
-        inserted += sqlx::query(
-            "INSERT INTO model_prices (provider, model_pattern, input_per_mtok, output_per_mtok, cache_read_per_mtok,
-                                       cache_creation_per_mtok, currency, effective_from)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (provider, model_pattern, effective_from) DO NOTHING",
-        )
-        .bind(&price.provider)
-        .bind(&price.model_pattern)
-        .bind(price.input_per_mtok)
-        .bind(price.output_per_mtok)
-        .bind(price.cache_read_per_mtok)
-        .bind(price.cache_creation_per_mtok)
-        .bind(&price.currency)
-        .bind(price.effective_from)
-        .execute(pool)
-        .await?
-        .rows_affected();
-    }
-    Ok(inserted)
+    insert_prices(pool, prices, OnExisting::Keep).await
 }
 
 /// The default price list shipped with Tally (`migrations/seed/model_prices.csv`).

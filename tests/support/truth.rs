@@ -59,6 +59,8 @@ pub async fn send_all(http: reqwest::Client, url: String, key: String, count: us
 /// batch until it is acknowledged whole; returns the truth and how many sends were refused.
 pub async fn send_paced(http: reqwest::Client, url: String, key: String, count: usize, batch: usize, pause: Duration) -> (Truth, u64) {
     let mut refused = 0u64;
+    // A bound, so that a pipeline that never recovers fails the test instead of hanging it.
+    let give_up = std::time::Instant::now() + Duration::from_secs(600);
     let mut truth = Truth::default();
     let mut index = 0;
     while index < count {
@@ -66,6 +68,7 @@ pub async fn send_paced(http: reqwest::Client, url: String, key: String, count: 
         let batch: Vec<(Value, Decimal)> = (index..(index + batch).min(count)).map(event).collect();
         let body = json!({"events": batch.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>()}).to_string();
         loop {
+            assert!(std::time::Instant::now() < give_up, "ingest did not acknowledge batch at {index} within 10 minutes ({refused} refusals)");
             let response = match http.post(format!("{url}/v1/events")).bearer_auth(&key).header("content-type", "application/json")
                 .body(body.clone()).send().await {
                 Ok(response) => response,
