@@ -63,3 +63,6 @@ print("\nThe load generator's own rate while busy: "
       + ", ".join(f"{fmt(r['generator'].get('events_per_busy_sec'))}/s" for r in reports.values())
       + " (it is not the bottleneck when this is well above the accepted rate).")
 print("\n(d) query latency on a store of 10M generation events is not measured yet.")
+notes = Path(__file__).resolve().parent.parent / "docs" / "performance-notes.md"
+if notes.exists():
+    print("\n" + notes.read_text().strip())

@@ -252,6 +252,9 @@ async fn events_flow_through_kafka_into_exact_costs_and_run_history() {
     }
     assert_eq!(by_model, a.by_model, "per model");
     assert!(a.by_model["mystery"].unpriced > 0, "the test covers unpriced calls");
+    // A filter on a dimension that is not grouped by.
+    let alpha = get_json(&env, &format!("{query}/v1/costs?{range}&model=alpha"), &key_a).await;
+    assert_eq!(totals_of(&alpha["totals"]), a.by_model["alpha"], "filtered by model");
 
     // Project B sees only its own data.
     let costs_b = eventually("project B's generations", Duration::from_secs(60), || async {

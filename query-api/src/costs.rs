@@ -206,7 +206,9 @@ pub async fn costs(
     let query = parse_query(&params, state.max_range_days)?;
     let select_dimensions: Vec<String> = DIMENSIONS
         .iter()
-        .map(|d| if query.group_by.contains(d) { d.to_string() } else { format!("'' AS {d}") })
+        // Output aliases differ from the column names: ClickHouse resolves aliases in WHERE, so
+        // `'' AS application` would turn the filter `application = ?` into `'' = ?`.
+        .map(|d| if query.group_by.contains(d) { format!("{d} AS group_{d}") } else { format!("'' AS group_{d}") })
         .collect();
     let mut sql = format!(
         "SELECT toUInt32(intDiv(toUInt32(hour), {step}) * {step}) AS bucket, {dimensions},
@@ -226,7 +228,7 @@ pub async fn costs(
         sql.push_str(&format!(" AND {dimension} = ?"));
     }
     let mut group = vec!["bucket".to_string()];
-    group.extend(query.group_by.iter().map(|d| d.to_string()));
+    group.extend(query.group_by.iter().map(|d| format!("group_{d}")));
     sql.push_str(&format!(" GROUP BY {0} ORDER BY {0}", group.join(", ")));
     let mut statement = state
         .clickhouse
