@@ -5,6 +5,7 @@
 //! Backpressure instead of buffering: when the local producer queue cannot take the whole
 //! request, nothing is enqueued and the request is answered 503 with `Retry-After`.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -27,7 +28,7 @@ pub enum ProduceError {
 pub struct EventProducer {
     /// Replaced when librdkafka reports a fatal error (an idempotent producer that lost its
     /// sequence state cannot produce again); see [`EventProducer::current`].
-    producer: std::sync::RwLock<FutureProducer>,
+    producer: Arc<RwLock<FutureProducer>>,
     config: KafkaConfig,
     topic: String,
     queue_max_messages: usize,
@@ -43,7 +44,7 @@ pub struct OutgoingMessage {
 impl EventProducer {
     pub fn new(config: &KafkaConfig, metrics: IngestMetrics) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: std::sync::RwLock::new(stores::producer_config(config).create()?),
+            producer: Arc::new(RwLock::new(stores::producer_config(config).create()?)),
             config: config.clone(),
             topic: config.topic.clone(),
             queue_max_messages: config.queue_max_messages as usize,
@@ -54,17 +55,7 @@ impl EventProducer {
     /// The producer to use, after replacing it if librdkafka declared it fatally failed. Events
     /// in flight on the old instance were reported as not acknowledged, so clients resend them.
     fn current(&self) -> FutureProducer {
-        let producer = self.producer.read().expect("producer lock poisoned").clone();
-        let Some((code, reason)) = producer.client().fatal_error() else { return producer };
-        let mut slot = self.producer.write().expect("producer lock poisoned");
-        if slot.client().fatal_error().is_some() {
-            tracing::error!(?code, %reason, "Kafka producer failed fatally; creating a new one");
-            match stores::producer_config(&self.config).create::<FutureProducer>() {
-                Ok(fresh) => *slot = fresh,
-                Err(error) => tracing::error!(%error, "cannot create a new Kafka producer"),
-            }
-        }
-        slot.clone()
+        current_producer(&self.producer, &self.config)
     }
 
     /// Produces every message and waits for their delivery reports; one result per message.
@@ -102,7 +93,7 @@ impl EventProducer {
 
     /// A cloneable probe for `/ready`.
     pub fn checker(&self) -> TopicChecker {
-        TopicChecker { producer: self.current(), topic: self.topic.clone() }
+        TopicChecker { producer: self.producer.clone(), config: self.config.clone(), topic: self.topic.clone() }
     }
 
     /// Waits (bounded) for every queued message to be delivered; called at shutdown.
@@ -114,16 +105,33 @@ impl EventProducer {
     }
 }
 
+/// The producer in `slot`, replaced first if librdkafka declared it fatally failed.
+fn current_producer(slot_lock: &RwLock<FutureProducer>, config: &KafkaConfig) -> FutureProducer {
+    let producer = slot_lock.read().expect("producer lock poisoned").clone();
+    let Some((code, reason)) = producer.client().fatal_error() else { return producer };
+    let mut slot = slot_lock.write().expect("producer lock poisoned");
+    if slot.client().fatal_error().is_some() {
+        tracing::error!(?code, %reason, "Kafka producer failed fatally; creating a new one");
+        match stores::producer_config(config).create::<FutureProducer>() {
+            Ok(fresh) => *slot = fresh,
+            Err(error) => tracing::error!(%error, "cannot create a new Kafka producer"),
+        }
+    }
+    slot.clone()
+}
+
 /// Checks that the broker answers and the topic exists.
 #[derive(Clone)]
 pub struct TopicChecker {
-    producer: FutureProducer,
+    /// The same slot as the producer's, so the probe follows a replaced producer.
+    producer: Arc<RwLock<FutureProducer>>,
+    config: KafkaConfig,
     topic: String,
 }
 
 impl TopicChecker {
     pub async fn check(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let producer = current_producer(&self.producer, &self.config);
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let metadata = producer
