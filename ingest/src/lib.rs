@@ -179,8 +179,7 @@ struct Prepared {
 /// CPU-bound part of a request: decompress, parse, validate, encode.
 fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String, limits: Limits) -> Result<Prepared, BodyError> {
     let decompressed = parse::decompress(&body, encoding.as_deref(), limits.max_body_bytes)?;
-    let values = parse::split_events(&decompressed, ndjson, &limits)?;
-    let mut parsed = parse::parse_events(values, ndjson, &project, now_micros(), &limits);
+    let mut parsed = parse::parse_body(&decompressed, ndjson, &project, now_micros(), &limits)?;
     let mut messages = Vec::with_capacity(parsed.len());
     let mut message_index = Vec::with_capacity(parsed.len());
     for (position, event) in parsed.iter_mut().enumerate() {

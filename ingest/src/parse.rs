@@ -93,6 +93,19 @@ pub fn decompress(body: &[u8], encoding: Option<&str>, limit: usize) -> Result<V
     Ok(output)
 }
 
+/// Parses a decompressed body into its events: framing (JSON or NDJSON), then per-event
+/// validation and conversion for `project_id`.
+pub fn parse_body(
+    body: &[u8],
+    ndjson: bool,
+    project_id: &str,
+    received_at_us: i64,
+    limits: &Limits,
+) -> Result<Vec<ParsedEvent>, BodyError> {
+    let values = split_events(body, ndjson, limits)?;
+    Ok(parse_events(values, ndjson, project_id, received_at_us, limits))
+}
+
 /// Splits a decompressed body into event values. NDJSON lines that are not JSON become
 /// per-event errors; a JSON body that does not parse is a body error.
 pub fn split_events(body: &[u8], ndjson: bool, limits: &Limits) -> Result<Vec<Result<Value, EventError>>, BodyError> {
