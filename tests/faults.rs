@@ -49,6 +49,7 @@ fn spawn_processor(env: &TestEnv, name: &str) -> Worker {
         .env("TALLY__REDIS__URL", config.redis.url.expose())
         .env("TALLY__PROCESSOR__BATCH_MAX_EVENTS", "400")
         .env("TALLY__PROCESSOR__BATCH_MAX_WAIT_MS", "100")
+        .env("TALLY__PROCESSOR__COMPACTION_INTERVAL_MS", "200")
         .env("TALLY__LOG__FILTER", "info")
         .stdout(Stdio::null())
         .stderr(log)

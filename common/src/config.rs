@@ -199,6 +199,8 @@ pub struct ProcessorConfig {
     pub price_refresh_secs: u64,
     /// Longest pause between retries while a store is down.
     pub max_retry_backoff_ms: u64,
+    /// How often committed rollup rows are compacted (per hour and day); 0 turns it off.
+    pub compaction_interval_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -209,6 +211,7 @@ impl Default for ProcessorConfig {
             batch_max_wait_ms: 200,
             price_refresh_secs: 30,
             max_retry_backoff_ms: 5_000,
+            compaction_interval_ms: 10_000,
         }
     }
 }

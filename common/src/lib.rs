@@ -7,10 +7,12 @@
 //! - [`stores`]: connecting to Postgres, ClickHouse, Redis and Kafka from the config.
 //! - [`migrate`]: versioned migrations for Postgres and ClickHouse, and the Kafka topics.
 //! - [`keys`]: projects and API keys (stored hashed), and the authenticator services use.
+//! - [`compaction`]: the rollup compaction frontier the processor writes and the query API reads.
 //! - [`api_error`]: the JSON error every HTTP endpoint answers with.
 //! - [`health`]: `/health` and `/ready` handlers shared by the services.
 
 pub mod api_error;
+pub mod compaction;
 pub mod config;
 pub mod health;
 pub mod keys;

@@ -39,7 +39,8 @@ macro_rules! migration {
 pub const POSTGRES: &[MigrationFile] = &[migration!("postgres", "0001_init.sql")];
 
 /// ClickHouse migrations, in order. `{db}` is replaced by the configured database name.
-pub const CLICKHOUSE: &[MigrationFile] = &[migration!("clickhouse", "0001_init.sql")];
+pub const CLICKHOUSE: &[MigrationFile] =
+    &[migration!("clickhouse", "0001_init.sql"), migration!("clickhouse", "0002_rollup_compaction.sql")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

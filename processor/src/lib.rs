@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`consumer`]: the consumer loop, batching and retry with backoff.
 //! - [`sink`]: the exactly-once write protocol over Postgres, ClickHouse and the DLQ topic.
+//! - [`compaction`]: folding committed rollup rows into hourly and daily rows.
 //! - [`rollup`]: pure computation of rows from a batch (pricing, rollups, run deltas).
 //! - [`prices`]: the model price table (lookup, CSV import, seed).
 //! - [`dlq`]: listing and replaying dead-lettered messages (`tally dlq`).
@@ -13,6 +14,7 @@
 //! - this file: [`serve`], which runs the loop, the price refresher and `/health`, `/ready`,
 //!   `/metrics`.
 
+pub mod compaction;
 pub mod consumer;
 pub mod dlq;
 pub mod metrics;
@@ -79,6 +81,12 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     tracing::info!(prices = table.len(), "price table loaded");
     let (price_sender, price_receiver) = watch::channel(Arc::new(table));
     tokio::spawn(refresh_prices(pool.clone(), price_sender, Duration::from_secs(config.processor.price_refresh_secs), shutdown.clone()));
+
+    if config.processor.compaction_interval_ms > 0 {
+        let compactor = compaction::Compactor { pool: pool.clone(), clickhouse: clickhouse.clone(), topic: config.kafka.topic.clone() };
+        let every = Duration::from_millis(config.processor.compaction_interval_ms);
+        tokio::spawn(compaction::run(compactor, every, metrics.clone(), shutdown.clone()));
+    }
 
     let (consumer, revoked) = consumer::create_consumer(&config, metrics.clone())?;
     let sink = sink::Sink {

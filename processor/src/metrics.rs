@@ -21,6 +21,9 @@ pub struct ProcessorMetrics {
     pub offset_gaps: IntCounter,
     /// Consumer lag per partition, from librdkafka statistics.
     pub consumer_lag: IntGaugeVec,
+    /// Rollup compaction runs by outcome (compacted, up_to_date, busy, failed).
+    pub compactions: IntCounterVec,
+    pub compaction_seconds: Histogram,
 }
 
 impl ProcessorMetrics {
@@ -47,6 +50,11 @@ impl ProcessorMetrics {
             lost_ownership: IntCounter::new("tally_processor_lost_ownership_total", "Batches dropped because another worker applied them")?,
             offset_gaps: IntCounter::new("tally_processor_offset_gaps_total", "Partitions whose next message was beyond the applied offset")?,
             consumer_lag: IntGaugeVec::new(Opts::new("tally_processor_consumer_lag", "Consumer lag in messages, by partition"), &["partition"])?,
+            compactions: IntCounterVec::new(Opts::new("tally_processor_compactions_total", "Rollup compaction runs, by outcome"), &["outcome"])?,
+            compaction_seconds: Histogram::with_opts(
+                HistogramOpts::new("tally_processor_compaction_seconds", "Time of a rollup compaction run that compacted something")
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            )?,
         };
         registry.register(Box::new(metrics.messages.clone()))?;
         registry.register(Box::new(metrics.unpriced.clone()))?;
@@ -59,6 +67,8 @@ impl ProcessorMetrics {
         registry.register(Box::new(metrics.lost_ownership.clone()))?;
         registry.register(Box::new(metrics.offset_gaps.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(metrics.compactions.clone()))?;
+        registry.register(Box::new(metrics.compaction_seconds.clone()))?;
         Ok(metrics)
     }
 }

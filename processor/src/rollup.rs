@@ -113,7 +113,7 @@ pub struct RollupKey {
     pub user_id: String,
 }
 
-/// A rollup row for ClickHouse `cost_rollup_hourly` (see its DDL for the replace semantics).
+/// A rollup row for ClickHouse `cost_rollup_batches` (see its DDL for the replace semantics).
 #[derive(Debug, Clone, clickhouse::Row, serde::Serialize)]
 pub struct RollupRow {
     pub project_id: String,

@@ -321,7 +321,7 @@ impl Sink {
             insert.end().await?;
         }
         if outputs.iter().any(|(_, output)| !output.rollups.is_empty()) {
-            let mut insert = self.clickhouse.insert::<rollup::RollupRow>("cost_rollup_hourly").await?;
+            let mut insert = self.clickhouse.insert::<rollup::RollupRow>("cost_rollup_batches").await?;
             for (_, output) in outputs {
                 for row in &output.rollups {
                     insert.write(row).await?;

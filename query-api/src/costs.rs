@@ -1,10 +1,14 @@
 //! `GET /v1/costs`: requests, tokens, exact cost and latency percentiles per time bucket, from
-//! the hourly rollup in ClickHouse, optionally grouped and filtered by dimensions.
+//! the rollups in ClickHouse, optionally grouped and filtered by dimensions.
 //!
-//! The rollup holds one row per (dimensions, source batch) and replayed batches replace their
-//! rows, so it is read with `FINAL`. Ranges select whole hours: an hour bucket counts when its
-//! start lies in `[from, to)`. Dimension names are matched against a fixed list before they
-//! reach SQL; values are bound, never spliced.
+//! Sources: the compacted rows (`cost_compact_daily` for whole days of a `day` query,
+//! `cost_compact_hourly` for the other hours) plus the batch rows at or above the compaction
+//! frontier (`cost_rollup_batches`), which together count every committed and in-flight batch
+//! once (see [`tally_common::compaction`]). Queries on `user_id` read the batch rows alone:
+//! compacted rows do not keep users. All are read with `FINAL` (replaced rows collapse).
+//! Ranges select whole hours: an hour counts when its start lies in `[from, to)`. Dimension
+//! names are matched against a fixed list before they reach SQL; values are bound, never
+//! spliced.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -16,6 +20,7 @@ use axum::Json;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_common::api_error::ApiError;
+use tally_common::compaction::{self, Frontier, MarkerState};
 use time::OffsetDateTime;
 
 use crate::params::{format_time, parse_optional_time};
@@ -204,42 +209,7 @@ pub async fn costs(
 ) -> Result<Json<CostsAnswer>, ApiError> {
     let project = authenticate(&state, &headers).await?;
     let query = parse_query(&params, state.max_range_days)?;
-    let select_dimensions: Vec<String> = DIMENSIONS
-        .iter()
-        // Output aliases differ from the column names: ClickHouse resolves aliases in WHERE, so
-        // `'' AS application` would turn the filter `application = ?` into `'' = ?`.
-        .map(|d| if query.group_by.contains(d) { format!("{d} AS group_{d}") } else { format!("'' AS group_{d}") })
-        .collect();
-    let mut sql = format!(
-        "SELECT toUInt32(intDiv(toUInt32(hour), {step}) * {step}) AS bucket, {dimensions},
-                sum(requests) AS requests, sum(errors) AS errors, sum(input_tokens) AS input_tokens,
-                sum(output_tokens) AS output_tokens, sum(cache_read_input_tokens) AS cache_read_input_tokens,
-                sum(cache_creation_input_tokens) AS cache_creation_input_tokens, sum(reasoning_tokens) AS reasoning_tokens,
-                sum(cache_hits) AS cache_hits, toString(sum(cost)) AS cost, sum(priced_requests) AS priced_requests,
-                sum(client_cost_requests) AS client_cost_requests, sum(unpriced_requests) AS unpriced_requests,
-                tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 1) AS latency_ids,
-                tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 2) AS latency_counts
-         FROM cost_rollup_hourly FINAL
-         WHERE project_id = ? AND hour >= toDateTime(?) AND hour < toDateTime(?)",
-        step = query.interval_seconds,
-        dimensions = select_dimensions.join(", "),
-    );
-    for (dimension, _) in &query.filters {
-        sql.push_str(&format!(" AND {dimension} = ?"));
-    }
-    let mut group = vec!["bucket".to_string()];
-    group.extend(query.group_by.iter().map(|d| format!("group_{d}")));
-    sql.push_str(&format!(" GROUP BY {0} ORDER BY {0}", group.join(", ")));
-    let mut statement = state
-        .clickhouse
-        .query(&sql)
-        .bind(project.as_str())
-        .bind(query.from.unix_timestamp() as u32)
-        .bind(query.to.unix_timestamp() as u32);
-    for (_, value) in &query.filters {
-        statement = statement.bind(value.as_str());
-    }
-    let rows: Vec<CostRow> = statement.fetch_all().await.map_err(|error| ApiError::internal("reading the cost rollup", &error))?;
+    let rows = read_rollups(&state.clickhouse, &project, &query).await?;
 
     let mut totals = Totals::default();
     let mut series = Vec::with_capacity(rows.len());
@@ -273,6 +243,130 @@ pub async fn costs(
         series,
         totals,
     }))
+}
+
+const SUMS: &str = "sum(requests) AS requests, sum(errors) AS errors, sum(input_tokens) AS input_tokens,
+     sum(output_tokens) AS output_tokens, sum(cache_read_input_tokens) AS cache_read_input_tokens,
+     sum(cache_creation_input_tokens) AS cache_creation_input_tokens, sum(reasoning_tokens) AS reasoning_tokens,
+     sum(cache_hits) AS cache_hits, toString(sum(cost)) AS cost, sum(priced_requests) AS priced_requests,
+     sum(client_cost_requests) AS client_cost_requests, sum(unpriced_requests) AS unpriced_requests,
+     tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 1) AS latency_ids,
+     tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 2) AS latency_counts";
+const METRICS: &str = "requests, errors, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, \
+     reasoning_tokens, cache_hits, cost, priced_requests, client_cost_requests, unpriced_requests, latency_bucket_ids, latency_bucket_counts";
+const HOUR: i64 = 3_600;
+const DAY: i64 = 86_400;
+/// How long a query waits for a running compaction before reading the batch rows alone.
+const COMPACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One branch of the union: a table, the time column, its time range and extra SQL conditions.
+struct Branch {
+    table: &'static str,
+    time: &'static str,
+    has_user: bool,
+    from: i64,
+    to: i64,
+    condition: Option<String>,
+}
+
+/// Which rows answer `query`: compacted rows as of `frontier` plus newer batch rows, or (with
+/// no frontier) the batch rows alone. Hours are `[from_h, to_h)`, hour-aligned.
+fn plan(query: &CostQuery, frontier: Option<&Frontier>) -> Vec<Branch> {
+    let from_h = ceil_to(query.from.unix_timestamp(), HOUR);
+    let to_h = ceil_to(query.to.unix_timestamp(), HOUR);
+    let Some(frontier) = frontier else {
+        return vec![Branch { table: "cost_rollup_batches", time: "hour", has_user: true, from: from_h, to: to_h, condition: None }];
+    };
+    let mut branches = Vec::new();
+    let (days_from, days_to) = (ceil_to(from_h, DAY), to_h.div_euclid(DAY) * DAY);
+    if query.interval_seconds as i64 == DAY && days_from < days_to {
+        branches.push(Branch { table: "cost_compact_daily", time: "day", has_user: false, from: days_from, to: days_to, condition: None });
+        for (from, to) in [(from_h, days_from), (days_to, to_h)] {
+            if from < to {
+                branches.push(Branch { table: "cost_compact_hourly", time: "hour", has_user: false, from, to, condition: None });
+            }
+        }
+    } else {
+        branches.push(Branch { table: "cost_compact_hourly", time: "hour", has_user: false, from: from_h, to: to_h, condition: None });
+    }
+    branches.push(Branch {
+        table: "cost_rollup_batches",
+        time: "hour",
+        has_user: true,
+        from: from_h,
+        to: to_h,
+        condition: Some(compaction::at_or_above(frontier)),
+    });
+    branches
+}
+
+fn ceil_to(seconds: i64, unit: i64) -> i64 {
+    seconds.div_euclid(unit) * unit + if seconds.rem_euclid(unit) == 0 { 0 } else { unit }
+}
+
+async fn fetch(client: &clickhouse::Client, project: &str, query: &CostQuery, branches: &[Branch]) -> Result<Vec<CostRow>, clickhouse::error::Error> {
+    let filters: String = query.filters.iter().map(|(dimension, _)| format!(" AND {dimension} = ?")).collect();
+    let union: Vec<String> = branches
+        .iter()
+        .map(|branch| {
+            format!(
+                "SELECT {time} AS t, application, environment, provider, model, {user} AS user_id, {METRICS}
+                 FROM {table} FINAL WHERE project_id = ? AND {time} >= toDateTime(?) AND {time} < toDateTime(?){filters}{condition}",
+                time = branch.time,
+                table = branch.table,
+                user = if branch.has_user { "user_id" } else { "''" },
+                condition = branch.condition.as_ref().map(|c| format!(" AND {c}")).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let dimensions: Vec<String> = DIMENSIONS
+        .iter()
+        // Output aliases differ from the column names: ClickHouse resolves aliases in WHERE.
+        .map(|d| if query.group_by.contains(d) { format!("{d} AS group_{d}") } else { format!("'' AS group_{d}") })
+        .collect();
+    let mut group = vec!["bucket".to_string()];
+    group.extend(query.group_by.iter().map(|d| format!("group_{d}")));
+    let sql = format!(
+        "SELECT toUInt32(intDiv(toUInt32(t), {step}) * {step}) AS bucket, {dimensions}, {SUMS}
+         FROM ({union}) GROUP BY {group} ORDER BY {group}",
+        step = query.interval_seconds,
+        dimensions = dimensions.join(", "),
+        union = union.join(" UNION ALL "),
+        group = group.join(", "),
+    );
+    let mut statement = client.query(&sql);
+    for branch in branches {
+        statement = statement.bind(project).bind(branch.from as u32).bind(branch.to as u32);
+        for (_, value) in &query.filters {
+            statement = statement.bind(value.as_str());
+        }
+    }
+    statement.fetch_all().await
+}
+
+/// Reads the rollup rows for `query`, consistent with one compaction: the newest marker is read
+/// before and after the rows and must be the same finished compaction. While a compaction runs
+/// (or after one crashed) the batch rows alone answer, which is exact but slower.
+async fn read_rollups(client: &clickhouse::Client, project: &str, query: &CostQuery) -> Result<Vec<CostRow>, ApiError> {
+    let failed = |error: clickhouse::error::Error| ApiError::internal("reading the cost rollup", &error);
+    let by_user = query.group_by.contains(&"user_id") || query.filters.iter().any(|(dimension, _)| *dimension == "user_id");
+    let waited = std::time::Instant::now();
+    while !by_user && waited.elapsed() < COMPACTION_WAIT {
+        let before = compaction::latest_marker(client).await.map_err(failed)?;
+        let frontier = match &before {
+            None => break,
+            Some(marker) if marker.state == MarkerState::Done => &marker.frontier,
+            Some(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                continue;
+            }
+        };
+        let rows = fetch(client, project, query, &plan(query, Some(frontier))).await.map_err(failed)?;
+        if compaction::latest_marker(client).await.map_err(failed)? == before {
+            return Ok(rows);
+        }
+    }
+    fetch(client, project, query, &plan(query, None)).await.map_err(failed)
 }
 
 #[cfg(test)]

@@ -76,6 +76,7 @@ impl TestEnv {
         config.processor.batch_max_wait_ms = 100;
         config.processor.price_refresh_secs = 1;
         config.processor.max_retry_backoff_ms = 1_000;
+        config.processor.compaction_interval_ms = 300;
         migrate::run_all(&config).await.expect("migrations");
         let pool = stores::postgres_pool(&config.postgres).expect("pool");
         TestEnv {

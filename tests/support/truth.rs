@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tally_common::stores;
+use tally_common::{compaction, stores};
 
 use super::{eventually, TestEnv};
 
@@ -111,7 +111,7 @@ struct StoredTotals {
 pub async fn stored(env: &TestEnv) -> Option<(Truth, u64, u64)> {
     let clickhouse = stores::clickhouse_client(&env.config.clickhouse);
     let totals: StoredTotals = clickhouse
-        .query("SELECT sum(requests) AS requests, sum(input_tokens) AS input_tokens, toString(sum(cost)) AS cost FROM cost_rollup_hourly FINAL WHERE project_id = 'acme'")
+        .query("SELECT sum(requests) AS requests, sum(input_tokens) AS input_tokens, toString(sum(cost)) AS cost FROM cost_rollup_batches FINAL WHERE project_id = 'acme'")
         .fetch_one()
         .await
         .ok()?;
@@ -137,7 +137,43 @@ pub async fn counted(env: &TestEnv) -> u64 {
     sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_events").fetch_one(&env.pool).await.unwrap() as u64
 }
 
-/// Waits until the stores hold exactly the truth, then checks there is no duplicate raw row.
+/// What the query API's sources hold for project acme once a compaction has finished: the
+/// compacted hourly rows plus the batch rows at or above the frontier, as (requests, input
+/// tokens, cost). `None` while no compaction has finished or one is running.
+pub async fn compacted_view(env: &TestEnv) -> Option<(u64, u64, Decimal)> {
+    let clickhouse = stores::clickhouse_client(&env.config.clickhouse);
+    let marker = compaction::latest_marker(&clickhouse).await.ok()??;
+    if marker.state != compaction::MarkerState::Done {
+        return None;
+    }
+    let sql = format!(
+        "SELECT sum(requests) AS requests, sum(input_tokens) AS input_tokens, toString(sum(cost)) AS cost FROM (
+             SELECT requests, input_tokens, cost FROM cost_compact_hourly FINAL WHERE project_id = 'acme'
+             UNION ALL
+             SELECT requests, input_tokens, cost FROM cost_rollup_batches FINAL WHERE project_id = 'acme' AND {})",
+        compaction::at_or_above(&marker.frontier)
+    );
+    let totals: StoredTotals = clickhouse.query(&sql).fetch_one().await.ok()?;
+    let daily: StoredTotals = clickhouse
+        .query("SELECT sum(requests) AS requests, sum(input_tokens) AS input_tokens, toString(sum(cost)) AS cost FROM cost_compact_daily FINAL WHERE project_id = 'acme'")
+        .fetch_one()
+        .await
+        .ok()?;
+    let hourly: StoredTotals = clickhouse
+        .query("SELECT sum(requests) AS requests, sum(input_tokens) AS input_tokens, toString(sum(cost)) AS cost FROM cost_compact_hourly FINAL WHERE project_id = 'acme'")
+        .fetch_one()
+        .await
+        .ok()?;
+    // Read after the rows: a compaction that finished in between makes the two views differ.
+    if compaction::latest_marker(&clickhouse).await.ok()?? != marker {
+        return None;
+    }
+    assert_eq!((daily.requests, daily.input_tokens, &daily.cost), (hourly.requests, hourly.input_tokens, &hourly.cost), "daily rows sum the hourly rows");
+    Some((totals.requests, totals.input_tokens, Decimal::from_str(&totals.cost).unwrap_or_default()))
+}
+
+/// Waits until the stores hold exactly the truth, then checks there is no duplicate raw row and
+/// that the compacted rollups (what `/v1/costs` reads) agree, including after a compaction.
 pub async fn assert_exact(env: &TestEnv, truth: &Truth) {
     let (stored_truth, raw, duplicates) = eventually("stores to hold every acknowledged event", Duration::from_secs(120), || async {
         let state = stored(env).await?;
@@ -146,5 +182,20 @@ pub async fn assert_exact(env: &TestEnv, truth: &Truth) {
     .await;
     assert_eq!(&stored_truth, truth, "rollup and run totals equal the acknowledged events");
     assert_eq!((raw, duplicates), (truth.requests, 0), "one raw row per event");
+    let first = eventually("a finished compaction", Duration::from_secs(60), || compacted_view(env)).await;
+    assert_eq!(first, (truth.requests, truth.input_tokens, truth.cost), "compacted rollups plus newer batch rows equal the truth");
+    let frontier_moved = eventually("a compaction that includes every batch", Duration::from_secs(60), || async {
+        let view = compacted_view(env).await?;
+        let clickhouse = stores::clickhouse_client(&env.config.clickhouse);
+        let marker = compaction::latest_marker(&clickhouse).await.ok()??;
+        let above: u64 = clickhouse
+            .query(&format!("SELECT count() FROM cost_rollup_batches WHERE {}", compaction::at_or_above(&marker.frontier)))
+            .fetch_one()
+            .await
+            .ok()?;
+        (above == 0).then_some(view)
+    })
+    .await;
+    assert_eq!(frontier_moved, (truth.requests, truth.input_tokens, truth.cost), "fully compacted rollups equal the truth");
 }
 

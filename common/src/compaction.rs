@@ -1,0 +1,120 @@
+//! The rollup compaction frontier, shared by the processor (which compacts) and the query API
+//! (which reads compacted rows plus the batch rows not yet compacted).
+//!
+//! `cost_rollup_batches` holds one row per (source batch, hour, dimensions). The compactor
+//! folds the rows of *committed* batches (those whose first offset is below the partition's
+//! `next_offset` in Postgres; their rows are final) into `cost_compact_hourly` and
+//! `cost_compact_daily`, and records in `rollup_compactions` a marker `started` before writing
+//! and `done` after, with the frontier: per source partition, the first batch offset not
+//! included. A reader takes the newest marker; when it is `done`, the answer is the compacted
+//! rows plus the batch rows at or above the frontier, and it is exact because every batch row
+//! is on exactly one side. docs/exactly-once.md ("Rollup compaction") has the argument.
+
+use std::collections::BTreeMap;
+
+/// Per source partition, the first batch offset a compaction did not include.
+pub type Frontier = BTreeMap<i32, i64>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerState {
+    Started,
+    Done,
+}
+
+/// One row of `rollup_compactions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub version: u64,
+    pub state: MarkerState,
+    pub frontier: Frontier,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct MarkerRow {
+    version: u64,
+    state_code: u8,
+    frontier_partitions: Vec<i32>,
+    frontier_offsets: Vec<i64>,
+}
+
+impl From<MarkerRow> for Marker {
+    fn from(row: MarkerRow) -> Self {
+        Marker {
+            version: row.version,
+            state: if row.state_code == 2 { MarkerState::Done } else { MarkerState::Started },
+            frontier: row.frontier_partitions.into_iter().zip(row.frontier_offsets).collect(),
+        }
+    }
+}
+
+// `state_code`, not `state`: ClickHouse resolves output aliases in WHERE.
+const MARKER_COLUMNS: &str = "SELECT version, toUInt8(state) AS state_code, frontier_partitions, frontier_offsets FROM rollup_compactions";
+
+/// The newest marker (`done` sorts after `started` of the same version), if any compaction ran.
+pub async fn latest_marker(client: &clickhouse::Client) -> Result<Option<Marker>, clickhouse::error::Error> {
+    let rows: Vec<MarkerRow> = client.query(&format!("{MARKER_COLUMNS} ORDER BY version DESC, state DESC LIMIT 1")).fetch_all().await?;
+    Ok(rows.into_iter().next().map(Marker::from))
+}
+
+/// The newest `done` marker, if any.
+pub async fn last_done(client: &clickhouse::Client) -> Result<Option<Marker>, clickhouse::error::Error> {
+    let rows: Vec<MarkerRow> =
+        client.query(&format!("{MARKER_COLUMNS} WHERE state = 'done' ORDER BY version DESC LIMIT 1")).fetch_all().await?;
+    Ok(rows.into_iter().next().map(Marker::from))
+}
+
+/// SQL condition on `cost_rollup_batches` for the rows at or above `frontier` (not compacted).
+/// Partitions the frontier does not name have had nothing compacted.
+///
+/// The numbers are formatted into the SQL rather than bound: they are typed integers, never
+/// text from a request, and the condition is reused inside larger statements where positional
+/// binds would be error-prone.
+pub fn at_or_above(frontier: &Frontier) -> String {
+    let mut terms: Vec<String> =
+        frontier.iter().map(|(partition, offset)| format!("(source_partition = {partition} AND source_batch_start >= {offset})")).collect();
+    if frontier.is_empty() {
+        return "1".to_string();
+    }
+    let named: Vec<String> = frontier.keys().map(i32::to_string).collect();
+    terms.push(format!("source_partition NOT IN ({})", named.join(", ")));
+    format!("({})", terms.join(" OR "))
+}
+
+/// SQL condition for the rows of batches in `[from, to)` per partition (`from` defaults to 0).
+pub fn between(from: &Frontier, to: &Frontier) -> Option<String> {
+    let terms: Vec<String> = to
+        .iter()
+        .filter_map(|(partition, end)| {
+            let start = from.get(partition).copied().unwrap_or(0);
+            (start < *end).then(|| format!("(source_partition = {partition} AND source_batch_start >= {start} AND source_batch_start < {end})"))
+        })
+        .collect();
+    (!terms.is_empty()).then(|| format!("({})", terms.join(" OR ")))
+}
+
+/// SQL condition for the rows of batches below `to` (committed).
+pub fn below(to: &Frontier) -> String {
+    between(&Frontier::new(), to).unwrap_or_else(|| "0".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_cover_each_row_once() {
+        let frontier: Frontier = [(0, 100), (2, 50)].into_iter().collect();
+        assert_eq!(
+            at_or_above(&frontier),
+            "((source_partition = 0 AND source_batch_start >= 100) OR (source_partition = 2 AND source_batch_start >= 50) OR source_partition NOT IN (0, 2))"
+        );
+        assert_eq!(at_or_above(&Frontier::new()), "1");
+        let to: Frontier = [(0, 100), (1, 7), (2, 80)].into_iter().collect();
+        assert_eq!(
+            between(&frontier, &to).unwrap(),
+            "((source_partition = 1 AND source_batch_start >= 0 AND source_batch_start < 7) OR (source_partition = 2 AND source_batch_start >= 50 AND source_batch_start < 80))"
+        );
+        assert_eq!(between(&to, &to), None);
+        assert_eq!(below(&Frontier::new()), "0");
+    }
+}

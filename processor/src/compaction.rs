@@ -1,0 +1,187 @@
+//! Rollup compaction: folds the per-batch rollup rows of committed batches into one row per
+//! hour and dimensions (`cost_compact_hourly`) and per UTC day (`cost_compact_daily`), so that a
+//! cost query over 30 days reads thousands of rows instead of one per batch and dimensions.
+//!
+//! Why it is exact (the frontier protocol is in [`tally_common::compaction`]): a batch's rows
+//! are final once Postgres has committed it (its first offset is below the partition's
+//! `next_offset`; retries and zombies only ever rewrite uncommitted batches with rows that lose
+//! to the committed version). A run with version `v`:
+//!
+//! 1. takes a Postgres advisory lock (one compactor per topic at a time; the others skip);
+//! 2. reads the committed offsets `T` and the last `done` frontier `F`; nothing to do if equal;
+//! 3. writes marker `(v, started, T)`;
+//! 4. rewrites every hour that has rows in `[F, T)`: its compacted rows (FINAL) plus those rows,
+//!    all with version `v`. If the previous run crashed after its `started` marker, some hours
+//!    may already hold part of the new rows, so the touched hours are rebuilt from all their
+//!    committed batch rows instead (a full scan: slow, rare, and exact);
+//! 5. rewrites the touched days from the hourly rows;
+//! 6. writes marker `(v, done, T)`.
+//!
+//! A reader that sees `done` at `T` adds the batch rows at or above `T` to the compacted rows;
+//! one that sees `started` waits or falls back to the batch rows alone.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tally_common::compaction::{self, Frontier};
+use tally_common::shutdown::CancellationToken;
+use time::OffsetDateTime;
+
+use crate::metrics::ProcessorMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactionError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+}
+
+/// What one run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompactionOutcome {
+    /// Another worker holds the compaction lock.
+    Busy,
+    /// No batch was committed since the last compaction.
+    UpToDate,
+    /// Version `version` compacted everything below `frontier`; `rebuilt` after a crashed run.
+    Compacted { version: u64, frontier: Frontier, rebuilt: bool },
+}
+
+const DIMENSIONS: &str = "application, environment, provider, model";
+const SUMS: &str = "sum(requests), sum(errors), sum(input_tokens), sum(output_tokens), sum(cache_read_input_tokens), \
+     sum(cache_creation_input_tokens), sum(reasoning_tokens), sum(cache_hits), sum(cost), sum(priced_requests), \
+     sum(client_cost_requests), sum(unpriced_requests), \
+     tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 1), tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 2)";
+const METRICS: &str = "requests, errors, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, \
+     reasoning_tokens, cache_hits, cost, priced_requests, client_cost_requests, unpriced_requests, latency_bucket_ids, latency_bucket_counts";
+const DAY: &str = "toDateTime(intDiv(toUInt32(hour), 86400) * 86400)";
+
+#[derive(clickhouse::Row, serde::Serialize)]
+struct MarkerRow {
+    version: u64,
+    state: i8,
+    frontier_partitions: Vec<i32>,
+    frontier_offsets: Vec<i64>,
+    created_at: u32,
+}
+
+pub struct Compactor {
+    pub pool: PgPool,
+    pub clickhouse: clickhouse::Client,
+    pub topic: String,
+}
+
+impl Compactor {
+    #[tracing::instrument(name = "compaction", skip_all, fields(topic = %self.topic))]
+    pub async fn run_once(&self) -> Result<CompactionOutcome, CompactionError> {
+        // The transaction only holds the lock; it ends (and releases it) when the run does.
+        let mut transaction = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+            .bind(format!("tally-compaction:{}", self.topic))
+            .fetch_one(&mut *transaction)
+            .await?;
+        if !locked {
+            return Ok(CompactionOutcome::Busy);
+        }
+        let committed: Frontier =
+            sqlx::query_as::<_, (i32, i64)>("SELECT kafka_partition, next_offset FROM partition_progress WHERE topic = $1")
+                .bind(&self.topic)
+                .fetch_all(&mut *transaction)
+                .await?
+                .into_iter()
+                .collect();
+        let done = compaction::last_done(&self.clickhouse).await?;
+        let latest = compaction::latest_marker(&self.clickhouse).await?;
+        let done_version = done.as_ref().map_or(0, |marker| marker.version);
+        let latest_version = latest.as_ref().map_or(0, |marker| marker.version);
+        let from = done.map(|marker| marker.frontier).unwrap_or_default();
+        // A crashed run always had new rows (it writes nothing otherwise), so they are still there.
+        let Some(delta) = compaction::between(&from, &committed) else {
+            return Ok(CompactionOutcome::UpToDate);
+        };
+        let rebuilt = latest_version > done_version;
+        let version = latest_version + 1;
+
+        self.mark(version, 1, &committed).await?;
+        let touched_hours = format!("(project_id, hour) IN (SELECT project_id, hour FROM cost_rollup_batches WHERE {delta})");
+        let hourly = if rebuilt {
+            tracing::warn!(version, "the previous compaction did not finish; rebuilding the hours it may have touched");
+            format!(
+                "INSERT INTO cost_compact_hourly (project_id, hour, {DIMENSIONS}, version, {METRICS})
+                 SELECT project_id, hour, {DIMENSIONS}, toUInt64({version}), {SUMS}
+                 FROM cost_rollup_batches FINAL
+                 WHERE {touched_hours} AND {committed_rows}
+                 GROUP BY project_id, hour, {DIMENSIONS}",
+                committed_rows = compaction::below(&committed),
+            )
+        } else {
+            format!(
+                "INSERT INTO cost_compact_hourly (project_id, hour, {DIMENSIONS}, version, {METRICS})
+                 SELECT project_id, hour, {DIMENSIONS}, toUInt64({version}), {SUMS}
+                 FROM (
+                     SELECT project_id, hour, {DIMENSIONS}, {METRICS} FROM cost_compact_hourly FINAL WHERE {touched_hours}
+                     UNION ALL
+                     SELECT project_id, hour, {DIMENSIONS}, {METRICS} FROM cost_rollup_batches FINAL WHERE {delta}
+                 )
+                 GROUP BY project_id, hour, {DIMENSIONS}"
+            )
+        };
+        self.clickhouse.query(&hourly).execute().await?;
+        let daily = format!(
+            "INSERT INTO cost_compact_daily (project_id, day, {DIMENSIONS}, version, {METRICS})
+             SELECT project_id, {DAY} AS day, {DIMENSIONS}, toUInt64({version}), {SUMS}
+             FROM cost_compact_hourly FINAL
+             WHERE (project_id, {DAY}) IN (SELECT project_id, {DAY} FROM cost_rollup_batches WHERE {delta})
+             GROUP BY project_id, day, {DIMENSIONS}"
+        );
+        self.clickhouse.query(&daily).execute().await?;
+        self.mark(version, 2, &committed).await?;
+        transaction.commit().await?;
+        Ok(CompactionOutcome::Compacted { version, frontier: committed, rebuilt })
+    }
+
+    async fn mark(&self, version: u64, state: i8, frontier: &Frontier) -> Result<(), clickhouse::error::Error> {
+        let mut insert = self.clickhouse.insert::<MarkerRow>("rollup_compactions").await?;
+        insert
+            .write(&MarkerRow {
+                version,
+                state,
+                frontier_partitions: frontier.keys().copied().collect(),
+                frontier_offsets: frontier.values().copied().collect(),
+                created_at: OffsetDateTime::now_utc().unix_timestamp() as u32,
+            })
+            .await?;
+        insert.end().await
+    }
+}
+
+/// Runs the compactor every `every` until `shutdown`. Errors are logged and retried next time:
+/// queries stay exact meanwhile, only slower.
+pub async fn run(compactor: Compactor, every: Duration, metrics: ProcessorMetrics, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let started = Instant::now();
+        let outcome = compactor.run_once().await;
+        let label = match &outcome {
+            Ok(CompactionOutcome::Busy) => "busy",
+            Ok(CompactionOutcome::UpToDate) => "up_to_date",
+            Ok(CompactionOutcome::Compacted { .. }) => "compacted",
+            Err(_) => "failed",
+        };
+        metrics.compactions.with_label_values(&[label]).inc();
+        match outcome {
+            Ok(CompactionOutcome::Compacted { version, rebuilt, .. }) => {
+                metrics.compaction_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::debug!(version, rebuilt, elapsed_ms = started.elapsed().as_millis() as u64, "rollups compacted");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "rollup compaction failed; retrying at the next interval"),
+        }
+    }
+}
