@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turns the JSON reports of scripts/bench (a.json, b.json, c.json) into docs/performance.md."""
+"""Turns the JSON reports of scripts/bench (a.json, b.json, c.json, d-fill.json, d.json) into docs/performance.md."""
 import json
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 reports = {name: json.loads((out / f"{name}.json").read_text()) for name in "abc" if (out / f"{name}.json").exists()}
-first = next(iter(reports.values()))
+first = next(iter(reports.values()), None) or json.loads((out / "d-fill.json").read_text())
 machine = first["machine"]
 
 
@@ -62,7 +62,26 @@ for key, report in reports.items():
 print("\nThe load generator's own rate while busy: "
       + ", ".join(f"{fmt(r['generator'].get('events_per_busy_sec'))}/s" for r in reports.values())
       + " (it is not the bottleneck when this is well above the accepted rate).")
-print("\n(d) query latency on a store of 10M generation events is not measured yet.")
+query = json.loads((out / "d.json").read_text()) if (out / "d.json").exists() else None
+fill = json.loads((out / "d-fill.json").read_text()) if (out / "d-fill.json").exists() else None
+if query:
+    print("\n## (d) Query latency on a large store\n")
+    if fill:
+        processor = fill.get("processor") or {}
+        print(f"Filled through the whole pipeline (ingest, Kafka, processor, compaction every 10 s) with `tally loadtest --spread-over 30d`: "
+              f"{fill['events']['accepted']:,} events accepted at {fmt(fill['accepted_events_per_sec'])}/s, event times spread evenly over the 30 days "
+              f"before the run; the processor drained them at {fmt(processor.get('processed_per_sec'))}/s. "
+              f"Peak RSS: ingest {mem(fill, 'ingest')}, processor {mem(fill, 'processor')}, query API {mem(fill, 'query-api')}.\n")
+    print(f"`tally query-bench` ({query['started_at']}): {query['requests_per_endpoint']} sequential calls per endpoint after 10 warm-up calls, "
+          f"on an otherwise idle pipeline.\n")
+    print("| endpoint | p50 / p95 / p99 / max (ms) | items in the answer | requests counted in the answer |")
+    print("|---|---|---|---|")
+    for endpoint in query["endpoints"]:
+        latency = endpoint["latency_ms"]
+        print(f"| {endpoint['name']} | {fmt(latency['p50'], 1)} / {fmt(latency['p95'], 1)} / {fmt(latency['p99'], 1)} / {fmt(latency['max'], 1)} "
+              f"| {endpoint['items']:,} | {fmt(endpoint.get('requests_in_answer'))} |")
+else:
+    print("\n(d) query latency on a store of 10M generation events: not run (BENCH_SCENARIOS=d).")
 notes = Path(__file__).resolve().parent.parent / "docs" / "performance-notes.md"
 if notes.exists():
     print("\n" + notes.read_text().strip())

@@ -70,6 +70,8 @@ enum Command {
     Config,
     /// Generate realistic load against the ingest service and report throughput, latency, lag and memory.
     Loadtest(tally_loadtest::LoadtestArgs),
+    /// Measure the latency of the query API's read endpoints (cost queries over a range, run pages).
+    QueryBench(tally_loadtest::query_bench::QueryBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -169,6 +171,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Loadtest(args) => tally_loadtest::run(args).await.map(|_| ()),
+            Command::QueryBench(args) => tally_loadtest::query_bench::run(args).await.map(|_| ()),
         }
     })
 }

@@ -25,9 +25,11 @@
 //! - [`probe`]: end-to-end lag, by polling `GET /v1/costs` for a uniquely tagged event.
 //! - [`services`]: processor `/metrics` scraping and `/proc` memory sampling.
 //! - [`report`]: the [`Report`] (serde, for `--json`) and its table.
+//! - [`query_bench`]: `tally query-bench`, the latency of the read endpoints.
 
 pub mod generator;
 pub mod probe;
+pub mod query_bench;
 pub mod report;
 pub mod runner;
 pub mod services;

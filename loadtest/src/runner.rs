@@ -92,7 +92,10 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
     let batch_size = args.batch_size;
     let generator_thread = std::thread::Builder::new()
         .name("loadtest-generator".into())
-        .spawn(move || generate_batches(generator, batch_size, batch_sender))
+        .spawn({
+            let clock = EventClock { start, run: args.warmup + args.duration, spread: args.spread_over };
+            move || generate_batches(generator, batch_size, clock, batch_sender)
+        })
         .context("starting the generator thread")?;
 
     let connection = Arc::new(Connection {
@@ -245,13 +248,30 @@ fn write_outputs(args: &LoadtestArgs, report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The time events are stamped with: now, or with `--spread-over`, a clock that runs from
+/// `spread` before the start to now over the run, so a backfill fills a history in order.
+#[derive(Debug, Clone, Copy)]
+pub struct EventClock {
+    pub start: Instant,
+    pub run: Duration,
+    pub spread: Option<Duration>,
+}
+
+impl EventClock {
+    pub fn now_ms(&self) -> i64 {
+        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let Some(spread) = self.spread else { return now_ms };
+        let done = (self.start.elapsed().as_secs_f64() / self.run.as_secs_f64().max(1e-3)).min(1.0);
+        now_ms - (spread.as_millis() as f64 * (1.0 - done)) as i64
+    }
+}
+
 /// Runs on its own thread: generates until every connection has gone.
-fn generate_batches(mut generator: Generator, batch_size: usize, batches: mpsc::Sender<Batch>) -> GeneratorReport {
+fn generate_batches(mut generator: Generator, batch_size: usize, clock: EventClock, batches: mpsc::Sender<Batch>) -> GeneratorReport {
     let (mut busy, mut events) = (Duration::ZERO, 0u64);
     loop {
         let started = std::time::Instant::now();
-        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-        let batch = generator.next_batch(batch_size, now_ms);
+        let batch = generator.next_batch(batch_size, clock.now_ms());
         busy += started.elapsed();
         events += batch.len() as u64;
         if batches.blocking_send(batch).is_err() {

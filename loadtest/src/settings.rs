@@ -69,7 +69,7 @@ impl std::fmt::Debug for ApiKey {
 /// Why a flag value was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SettingsError {
-    #[error("{0:?} is not a duration: use a number with a unit, e.g. 500ms, 30s, 2m, 1h")]
+    #[error("{0:?} is not a duration: use a number with a unit, e.g. 500ms, 30s, 2m, 1h, 30d")]
     Duration(String),
     #[error("{0:?} is not a share: use a number between 0 and 1")]
     Share(String),
@@ -149,6 +149,10 @@ pub struct LoadtestArgs {
     /// Share of generations that are invalid (negative tokens, cached > input, missing model, ...).
     #[arg(long, default_value = "0.001", value_parser = parse_share)]
     pub invalid_share: f64,
+    /// Backfill history: event times move linearly from this long before the start to now over
+    /// the run (warmup included), instead of being "now" (e.g. 30d to fill a month).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub spread_over: Option<Duration>,
 
     /// Base URL of the query API; enables end-to-end lag sampling.
     #[arg(long, env = "TALLY_LOADTEST_QUERY_URL")]
@@ -206,6 +210,8 @@ pub struct Settings {
     pub error_share: f64,
     pub duplicate_share: f64,
     pub invalid_share: f64,
+    /// Event times spread back over this many seconds (backfill), if set.
+    pub spread_over_secs: Option<f64>,
     pub e2e_sample_every_secs: f64,
     pub e2e_timeout_secs: f64,
     pub drain_timeout_secs: f64,
@@ -265,6 +271,7 @@ impl LoadtestArgs {
             error_share: self.error_share,
             duplicate_share: self.duplicate_share,
             invalid_share: self.invalid_share,
+            spread_over_secs: self.spread_over.map(|span| span.as_secs_f64()),
             e2e_sample_every_secs: self.e2e_sample_every.as_secs_f64(),
             e2e_timeout_secs: self.e2e_timeout.as_secs_f64(),
             drain_timeout_secs: self.drain_timeout.as_secs_f64(),
@@ -273,7 +280,7 @@ impl LoadtestArgs {
     }
 }
 
-/// `500ms`, `30s`, `2m`, `1h`; a bare number is seconds. Fractions are allowed (`1.5s`).
+/// `500ms`, `30s`, `2m`, `1h`, `30d`; a bare number is seconds. Fractions are allowed (`1.5s`).
 pub fn parse_duration(text: &str) -> Result<Duration, SettingsError> {
     let text = text.trim();
     let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
@@ -283,6 +290,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, SettingsError> {
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3_600.0,
+        "d" => 86_400.0,
         _ => return Err(SettingsError::Duration(text.to_string())),
     };
     number
@@ -335,6 +343,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
         assert_eq!(parse_share("0.25"), Ok(0.25));
