@@ -20,7 +20,7 @@
 //! Kafka's own committed offsets are advisory (stored after step 3): a new owner may re-read a
 //! little, and step 1 skips what was applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -110,17 +110,19 @@ fn timestamp(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Event ids are UUIDs (ingest checks); anything else (an event written by another producer)
-/// gets a stable name-based UUID so it is still deduplicated.
-fn event_uuid(event_id: &str) -> Uuid {
-    Uuid::parse_str(event_id).unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, event_id.as_bytes()))
-}
-
-fn event_key(event: &Event) -> (&str, &str) {
-    match event {
+/// The deduplication key of an event: UUIDv5 of `project_id 0x00 event_id`, so that the
+/// Postgres index compares 16 bytes instead of text (see migrations/postgres/0002). `name` is a
+/// reused buffer.
+fn event_key(event: &Event, name: &mut Vec<u8>) -> Uuid {
+    let (project, event_id) = match event {
         Event::Generation(generation) => (&generation.project_id, &generation.event_id),
         Event::AgentRun(run) => (&run.project_id, &run.event_id),
-    }
+    };
+    name.clear();
+    name.extend_from_slice(project.as_bytes());
+    name.push(0);
+    name.extend_from_slice(event_id.as_bytes());
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, name)
 }
 
 impl Sink {
@@ -201,59 +203,54 @@ impl Sink {
             claims.push(Claim { partition, start, end, first_index });
         }
 
-        let mut projects = Vec::new();
-        let mut event_ids = Vec::new();
+        let mut keys = Vec::new();
         let mut partitions = Vec::new();
         let mut offsets = Vec::new();
+        let mut name = Vec::with_capacity(128);
         for claim in &claims {
             for message in &buffers[&claim.partition][claim.first_index..] {
                 if let Ok(event) = &message.decoded {
-                    let (project, event_id) = event_key(event);
-                    projects.push(project.to_string());
-                    event_ids.push(event_uuid(event_id));
+                    keys.push(event_key(event, &mut name));
                     partitions.push(claim.partition);
                     offsets.push(message.offset);
                 }
             }
         }
-        // First-seen locations. The insert returns the ids it recorded now (almost all of them);
-        // only the others (duplicates, or ids recorded by an earlier attempt of this batch) are
-        // looked up.
-        let mut first_seen: HashMap<(String, Uuid), (i32, i64)> = HashMap::with_capacity(event_ids.len());
-        if !event_ids.is_empty() {
-            let inserted: Vec<(String, Uuid, i32, i64)> = sqlx::query_as(
-                "INSERT INTO processed_events (project_id, event_id, kafka_partition, kafka_offset)
-                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::int[], $4::bigint[]) ORDER BY 3, 4
-                 ON CONFLICT (project_id, event_id) DO NOTHING
-                 RETURNING project_id, event_id, kafka_partition, kafka_offset",
+        // First-seen locations. The insert returns the keys it recorded now (almost all of
+        // them), first seen at the offsets sent; only the others (duplicates, or keys recorded
+        // by an earlier attempt of this batch) are looked up.
+        let mut first_seen: HashMap<Uuid, (i32, i64)> = HashMap::with_capacity(keys.len());
+        if !keys.is_empty() {
+            let inserted: Vec<Uuid> = sqlx::query_scalar(
+                "INSERT INTO event_first_seen (event_key, kafka_partition, kafka_offset)
+                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[]) ORDER BY 2, 3
+                 ON CONFLICT (event_key) DO NOTHING
+                 RETURNING event_key",
             )
-            .bind(&projects)
-            .bind(&event_ids)
+            .bind(&keys)
             .bind(&partitions)
             .bind(&offsets)
             .fetch_all(&mut *transaction)
             .await?;
-            for (project, event_id, partition, offset) in inserted {
-                first_seen.insert((project, event_id), (partition, offset));
+            let recorded_now: HashSet<Uuid> = inserted.into_iter().collect();
+            let mut missing = Vec::new();
+            for ((key, partition), offset) in keys.iter().zip(&partitions).zip(&offsets) {
+                if recorded_now.contains(key) {
+                    // The earliest offset of a key within the batch is the one recorded.
+                    first_seen.entry(*key).or_insert((*partition, *offset));
+                } else {
+                    missing.push(*key);
+                }
             }
-            let (missing_projects, missing_ids): (Vec<String>, Vec<Uuid>) = projects
-                .iter()
-                .zip(&event_ids)
-                .filter(|(project, id)| !first_seen.contains_key(&((*project).clone(), **id)))
-                .map(|(project, id)| (project.clone(), *id))
-                .unzip();
-            if !missing_ids.is_empty() {
-                let rows: Vec<(String, Uuid, i32, i64)> = sqlx::query_as(
-                    "SELECT p.project_id, p.event_id, p.kafka_partition, p.kafka_offset FROM processed_events p
-                     JOIN unnest($1::text[], $2::uuid[]) AS wanted(project_id, event_id)
-                       ON p.project_id = wanted.project_id AND p.event_id = wanted.event_id",
+            if !missing.is_empty() {
+                let rows: Vec<(Uuid, i32, i64)> = sqlx::query_as(
+                    "SELECT event_key, kafka_partition, kafka_offset FROM event_first_seen WHERE event_key = ANY($1::uuid[])",
                 )
-                .bind(&missing_projects)
-                .bind(&missing_ids)
+                .bind(&missing)
                 .fetch_all(&mut *transaction)
                 .await?;
-                for (project, event_id, partition, offset) in rows {
-                    first_seen.insert((project, event_id), (partition, offset));
+                for (key, partition, offset) in rows {
+                    first_seen.insert(key, (partition, offset));
                 }
             }
         }
@@ -271,8 +268,7 @@ impl Sink {
                 match &message.decoded {
                     Err(error) => dead_letters.push((claim.partition, message.offset, &message.payload, error.to_string())),
                     Ok(event) => {
-                        let (project, event_id) = event_key(event);
-                        let counts = first_seen.get(&(project.to_string(), event_uuid(event_id))) == Some(&(claim.partition, message.offset));
+                        let counts = first_seen.get(&event_key(event, &mut name)) == Some(&(claim.partition, message.offset));
                         if !counts {
                             report.duplicates += 1;
                             continue;

@@ -134,7 +134,7 @@ pub async fn stored(env: &TestEnv) -> Option<(Truth, u64, u64)> {
 }
 
 pub async fn counted(env: &TestEnv) -> u64 {
-    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_events").fetch_one(&env.pool).await.unwrap() as u64
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_first_seen").fetch_one(&env.pool).await.unwrap() as u64
 }
 
 /// What the query API's sources hold for project acme once a compaction has finished: the
