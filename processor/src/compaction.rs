@@ -19,6 +19,11 @@
 //!
 //! A reader that sees `done` at `T` adds the batch rows at or above `T` to the compacted rows;
 //! one that sees `started` waits or falls back to the batch rows alone.
+//!
+//! Every read uses `FINAL PREWHERE` with conditions on sorting-key columns only: ClickHouse
+//! 18.16 applies a `FINAL ... WHERE` filter after merging whole key ranges (0.64 s for one
+//! partition's 680k rows whatever the offset range), while `PREWHERE` filters first (0.05 s).
+//! Filtering before replacing is safe because all versions of a row share its key columns.
 
 use std::time::{Duration, Instant};
 
@@ -104,14 +109,14 @@ impl Compactor {
         let version = latest_version + 1;
 
         self.mark(version, 1, &committed).await?;
-        let touched_hours = format!("(project_id, hour) IN (SELECT project_id, hour FROM cost_rollup_batches WHERE {delta})");
+        let touched_hours = format!("(project_id, hour) IN (SELECT project_id, hour FROM cost_rollup_batches PREWHERE {delta})");
         let hourly = if rebuilt {
             tracing::warn!(version, "the previous compaction did not finish; rebuilding the hours it may have touched");
             format!(
                 "INSERT INTO cost_compact_hourly (project_id, hour, {DIMENSIONS}, version, {METRICS})
                  SELECT project_id, hour, {DIMENSIONS}, toUInt64({version}), {SUMS}
                  FROM cost_rollup_batches FINAL
-                 WHERE {touched_hours} AND {committed_rows}
+                 PREWHERE {touched_hours} AND {committed_rows}
                  GROUP BY project_id, hour, {DIMENSIONS}",
                 committed_rows = compaction::below(&committed),
             )
@@ -120,9 +125,9 @@ impl Compactor {
                 "INSERT INTO cost_compact_hourly (project_id, hour, {DIMENSIONS}, version, {METRICS})
                  SELECT project_id, hour, {DIMENSIONS}, toUInt64({version}), {SUMS}
                  FROM (
-                     SELECT project_id, hour, {DIMENSIONS}, {METRICS} FROM cost_compact_hourly FINAL WHERE {touched_hours}
+                     SELECT project_id, hour, {DIMENSIONS}, {METRICS} FROM cost_compact_hourly FINAL PREWHERE {touched_hours}
                      UNION ALL
-                     SELECT project_id, hour, {DIMENSIONS}, {METRICS} FROM cost_rollup_batches FINAL WHERE {delta}
+                     SELECT project_id, hour, {DIMENSIONS}, {METRICS} FROM cost_rollup_batches FINAL PREWHERE {delta}
                  )
                  GROUP BY project_id, hour, {DIMENSIONS}"
             )
@@ -132,7 +137,10 @@ impl Compactor {
             "INSERT INTO cost_compact_daily (project_id, day, {DIMENSIONS}, version, {METRICS})
              SELECT project_id, {DAY} AS day, {DIMENSIONS}, toUInt64({version}), {SUMS}
              FROM cost_compact_hourly FINAL
-             WHERE (project_id, {DAY}) IN (SELECT project_id, {DAY} FROM cost_rollup_batches WHERE {delta})
+             PREWHERE (project_id, hour) IN (
+                 SELECT project_id, toDateTime(touched_day + 3600 * hour_of_day)
+                 FROM (SELECT DISTINCT project_id, intDiv(toUInt32(hour), 86400) * 86400 AS touched_day FROM cost_rollup_batches PREWHERE {delta})
+                 ARRAY JOIN range(24) AS hour_of_day)
              GROUP BY project_id, day, {DIMENSIONS}"
         );
         self.clickhouse.query(&daily).execute().await?;

@@ -311,7 +311,7 @@ async fn fetch(client: &clickhouse::Client, project: &str, query: &CostQuery, br
         .map(|branch| {
             format!(
                 "SELECT {time} AS t, application, environment, provider, model, {user} AS user_id, {METRICS}
-                 FROM {table} FINAL WHERE project_id = ? AND {time} >= toDateTime(?) AND {time} < toDateTime(?){filters}{condition}",
+                 FROM {table} FINAL PREWHERE project_id = ? AND {time} >= toDateTime(?) AND {time} < toDateTime(?){filters}{condition}",
                 time = branch.time,
                 table = branch.table,
                 user = if branch.has_user { "user_id" } else { "''" },
