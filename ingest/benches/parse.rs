@@ -73,7 +73,7 @@ fn generation(draw: &mut Draw, index: usize) -> Value {
     let output = 20 + draw.below(800);
     let reasoning = draw.below(output / 3);
     let user = draw.below(500);
-    let otel = index % 4 == 0;
+    let otel = index.is_multiple_of(4);
     let mut event = json!({
         "type": "generation",
         "event_id": draw.uuid(),
@@ -111,13 +111,13 @@ fn generation(draw: &mut Draw, index: usize) -> Value {
     }
     fields.insert(
         "start_time".into(),
-        if index % 2 == 0 { json!(format!("2025-11-26T07:{:02}:{:02}.{:03}Z", index / 60 % 60, index % 60, index % 1000)) } else { json!(start_ms) },
+        if index.is_multiple_of(2) { json!(format!("2025-11-26T07:{:02}:{:02}.{:03}Z", index / 60 % 60, index % 60, index % 1000)) } else { json!(start_ms) },
     );
-    if index % 3 == 0 {
+    if index.is_multiple_of(3) {
         fields.insert("agent_run_id".into(), json!(format!("run_{}", index / 50)));
     }
-    if index % 5 == 0 {
-        fields["metadata"]["feature_flag"] = json!(index % 10 == 0);
+    if index.is_multiple_of(5) {
+        fields["metadata"]["feature_flag"] = json!(index.is_multiple_of(10));
     }
     event
 }
