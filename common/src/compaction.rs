@@ -64,19 +64,22 @@ pub async fn last_done(client: &clickhouse::Client) -> Result<Option<Marker>, cl
 }
 
 /// SQL condition on `cost_rollup_batches` for the rows at or above `frontier` (not compacted).
-/// Partitions the frontier does not name have had nothing compacted.
+/// Partitions the frontier does not name have had nothing compacted. Every term is a range of
+/// the table's sorting key (a `NOT IN` would make ClickHouse scan the whole table): partitions
+/// below the highest named one that it lacks are listed, higher ones are `> highest`.
 ///
 /// The numbers are formatted into the SQL rather than bound: they are typed integers, never
 /// text from a request, and the condition is reused inside larger statements where positional
 /// binds would be error-prone.
 pub fn at_or_above(frontier: &Frontier) -> String {
-    let mut terms: Vec<String> =
-        frontier.iter().map(|(partition, offset)| format!("(source_partition = {partition} AND source_batch_start >= {offset})")).collect();
-    if frontier.is_empty() {
-        return "1".to_string();
-    }
-    let named: Vec<String> = frontier.keys().map(i32::to_string).collect();
-    terms.push(format!("source_partition NOT IN ({})", named.join(", ")));
+    let Some(highest) = frontier.keys().next_back().copied() else { return "1".to_string() };
+    let mut terms: Vec<String> = (0..=highest)
+        .map(|partition| match frontier.get(&partition) {
+            Some(offset) => format!("(source_partition = {partition} AND source_batch_start >= {offset})"),
+            None => format!("source_partition = {partition}"),
+        })
+        .collect();
+    terms.push(format!("source_partition > {highest}"));
     format!("({})", terms.join(" OR "))
 }
 
@@ -106,7 +109,7 @@ mod tests {
         let frontier: Frontier = [(0, 100), (2, 50)].into_iter().collect();
         assert_eq!(
             at_or_above(&frontier),
-            "((source_partition = 0 AND source_batch_start >= 100) OR (source_partition = 2 AND source_batch_start >= 50) OR source_partition NOT IN (0, 2))"
+            "((source_partition = 0 AND source_batch_start >= 100) OR source_partition = 1 OR (source_partition = 2 AND source_batch_start >= 50) OR source_partition > 2)"
         );
         assert_eq!(at_or_above(&Frontier::new()), "1");
         let to: Frontier = [(0, 100), (1, 7), (2, 80)].into_iter().collect();

@@ -85,15 +85,12 @@ pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) ->
     let admin: AdminClient<DefaultClientContext> = kafka_base(config).create()?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics([&new_topic], &options).await?;
-    for result in results {
-        match result {
-            Ok(_) => return Ok(true),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
-            Err((name, code)) => return Err(StoreError::Topic { topic: name, reason: code.to_string() }),
-        }
+    // One topic asked for, so one result.
+    match admin.create_topics([&new_topic], &options).await?.into_iter().next() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
+        Some(Err((name, code))) => Err(StoreError::Topic { topic: name, reason: code.to_string() }),
     }
-    Ok(false)
 }
 
 /// Deletes a topic (used by tests to clean up after themselves).

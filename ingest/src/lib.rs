@@ -195,7 +195,8 @@ fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String,
                 message_index.push(position);
             }
             Err(error) => {
-                event.outcome = Err(parse::EventError { code: "invalid_field", path: format!("$[{position}]"), message: error.to_string() });
+                let path = if ndjson { format!("$[{}]", event.index) } else { format!("$.events[{}]", event.index) };
+                event.outcome = Err(parse::EventError { code: "invalid_field", path, message: error.to_string() });
             }
         }
     }
