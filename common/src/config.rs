@@ -201,6 +201,9 @@ pub struct ProcessorConfig {
     pub max_retry_backoff_ms: u64,
     /// How often committed rollup rows are compacted (per hour and day); 0 turns it off.
     pub compaction_interval_ms: u64,
+    /// Independent writers, each for the partitions `p % write_lanes`; with 2, one lane's
+    /// Postgres claim overlaps the other's ClickHouse insert.
+    pub write_lanes: usize,
 }
 
 impl Default for ProcessorConfig {
@@ -212,6 +215,7 @@ impl Default for ProcessorConfig {
             price_refresh_secs: 30,
             max_retry_backoff_ms: 5_000,
             compaction_interval_ms: 10_000,
+            write_lanes: 2,
         }
     }
 }

@@ -203,27 +203,31 @@ impl Sink {
             claims.push(Claim { partition, start, end, first_index });
         }
 
-        let mut keys = Vec::new();
-        let mut partitions = Vec::new();
-        let mut offsets = Vec::new();
+        // Each key once, at its earliest (partition, offset) in this write, sorted by key: the
+        // insert then has no duplicates within itself, and concurrent writers (lanes, other
+        // workers) take the index locks in the same order, so they cannot deadlock.
+        let mut earliest: HashMap<Uuid, (i32, i64)> = HashMap::new();
         let mut name = Vec::with_capacity(128);
         for claim in &claims {
             for message in &buffers[&claim.partition][claim.first_index..] {
                 if let Ok(event) = &message.decoded {
-                    keys.push(event_key(event, &mut name));
-                    partitions.push(claim.partition);
-                    offsets.push(message.offset);
+                    earliest.entry(event_key(event, &mut name)).or_insert((claim.partition, message.offset));
                 }
             }
         }
+        let mut rows: Vec<(Uuid, (i32, i64))> = earliest.into_iter().collect();
+        rows.sort_unstable_by_key(|(key, _)| *key);
+        let keys: Vec<Uuid> = rows.iter().map(|(key, _)| *key).collect();
+        let partitions: Vec<i32> = rows.iter().map(|(_, (partition, _))| *partition).collect();
+        let offsets: Vec<i64> = rows.iter().map(|(_, (_, offset))| *offset).collect();
         // First-seen locations. The insert returns the keys it recorded now (almost all of
-        // them), first seen at the offsets sent; only the others (duplicates, or keys recorded
-        // by an earlier attempt of this batch) are looked up.
+        // them), first seen where this write saw them; only the others (duplicates of earlier
+        // events, or keys an earlier attempt of this batch recorded) are looked up.
         let mut first_seen: HashMap<Uuid, (i32, i64)> = HashMap::with_capacity(keys.len());
         if !keys.is_empty() {
             let inserted: Vec<Uuid> = sqlx::query_scalar(
                 "INSERT INTO event_first_seen (event_key, kafka_partition, kafka_offset)
-                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[]) ORDER BY 2, 3
+                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[])
                  ON CONFLICT (event_key) DO NOTHING
                  RETURNING event_key",
             )
@@ -234,12 +238,11 @@ impl Sink {
             .await?;
             let recorded_now: HashSet<Uuid> = inserted.into_iter().collect();
             let mut missing = Vec::new();
-            for ((key, partition), offset) in keys.iter().zip(&partitions).zip(&offsets) {
-                if recorded_now.contains(key) {
-                    // The earliest offset of a key within the batch is the one recorded.
-                    first_seen.entry(*key).or_insert((*partition, *offset));
+            for (key, location) in rows {
+                if recorded_now.contains(&key) {
+                    first_seen.insert(key, location);
                 } else {
-                    missing.push(*key);
+                    missing.push(key);
                 }
             }
             if !missing.is_empty() {
