@@ -56,6 +56,11 @@ async fn wait_stored(env: &TestEnv, requests: u64) {
 }
 
 async fn costs(env: &TestEnv, query: &str, key: &str, interval: &str) -> Value {
+    costs_with(env, query, key, interval, &[]).await
+}
+
+/// `/v1/costs` over about five days ending a day after the stream, with extra parameters.
+async fn costs_with(env: &TestEnv, query: &str, key: &str, interval: &str, extra: &[(&str, &str)]) -> Value {
     let from = time::OffsetDateTime::from_unix_timestamp(START_MS / 1000 - 4 * 86_400 + 1_800).unwrap();
     let to = time::OffsetDateTime::from_unix_timestamp(START_MS / 1000 + 86_400).unwrap();
     let format = time::format_description::well_known::Rfc3339;
@@ -64,6 +69,7 @@ async fn costs(env: &TestEnv, query: &str, key: &str, interval: &str) -> Value {
         .get(format!("{query}/v1/costs"))
         .bearer_auth(key)
         .query(&[("from", from.format(&format).unwrap()), ("to", to.format(&format).unwrap()), ("interval", interval.to_string())])
+        .query(extra)
         .send()
         .await
         .unwrap();
@@ -118,6 +124,8 @@ async fn compaction_keeps_every_answer_exact() {
     wait_stored(&env, 1_200).await;
     let batches_daily = costs(&env, &query, &key, "day").await;
     let batches_hourly = costs(&env, &query, &key, "hour").await;
+    let batches_by_model = costs_with(&env, &query, &key, "day", &[("group_by", "model,application")]).await;
+    let batches_filtered = costs_with(&env, &query, &key, "hour", &[("provider", "testco")]).await;
     assert_eq!(totals(&batches_daily), (1_200, cost), "before any compaction (batch rows only)");
     assert_days_sum_hours(&batches_daily, &batches_hourly);
 
@@ -128,6 +136,9 @@ async fn compaction_keeps_every_answer_exact() {
     let compacted_hourly = costs(&env, &query, &key, "hour").await;
     assert_eq!(compacted_daily, batches_daily, "compaction changes no daily answer (series, percentiles, totals)");
     assert_eq!(compacted_hourly, batches_hourly, "compaction changes no hourly answer");
+    // Grouped and filtered queries read the rows with dimensions, ungrouped ones the totals.
+    assert_eq!(costs_with(&env, &query, &key, "day", &[("group_by", "model,application")]).await, batches_by_model);
+    assert_eq!(costs_with(&env, &query, &key, "hour", &[("provider", "testco")]).await, batches_filtered);
 
     // Newer batch rows on top of compacted hours, then compacted into them.
     let (second, second_cost) = events(1_200, 1_800);

@@ -104,6 +104,31 @@ CREATE TABLE IF NOT EXISTS {db}.cost_compact_daily (
 PARTITION BY toYear(day)
 ORDER BY (project_id, day, application, environment, provider, model);
 
+-- The same without dimensions, per hour and per UTC day (granularity): what an ungrouped,
+-- unfiltered cost query reads (720 rows for 30 days by hour instead of ~370,000).
+CREATE TABLE IF NOT EXISTS {db}.cost_compact_totals (
+    project_id                   String,
+    granularity                  Enum8('hour' = 1, 'day' = 2),
+    t                            DateTime,
+    version                      UInt64,
+    requests                     UInt64,
+    errors                       UInt64,
+    input_tokens                 UInt64,
+    output_tokens                UInt64,
+    cache_read_input_tokens      UInt64,
+    cache_creation_input_tokens  UInt64,
+    reasoning_tokens             UInt64,
+    cache_hits                   UInt64,
+    cost                         Decimal(38, 12),
+    priced_requests              UInt64,
+    client_cost_requests         UInt64,
+    unpriced_requests            UInt64,
+    latency_bucket_ids           Array(UInt8),
+    latency_bucket_counts        Array(UInt64)
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYear(t)
+ORDER BY (project_id, granularity, t);
+
 -- One row per compaction and state: 'started' is written before any compacted row, 'done'
 -- after all of them. The frontier (per source partition, the first offset not included) of the
 -- newest 'done' row says which batch rows the compacted rows already hold. A query that sees a

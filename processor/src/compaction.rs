@@ -14,7 +14,8 @@
 //!    all with version `v`. If the previous run crashed after its `started` marker, some hours
 //!    may already hold part of the new rows, so the touched hours are rebuilt from all their
 //!    committed batch rows instead (a full scan: slow, rare, and exact);
-//! 5. rewrites the touched days from the hourly rows;
+//! 5. rewrites the touched days from the hourly rows, and the touched hours and days of the
+//!    totals without dimensions (`cost_compact_totals`) from those;
 //! 6. writes marker `(v, done, T)`.
 //!
 //! A reader that sees `done` at `T` adds the batch rows at or above `T` to the compacted rows;
@@ -144,6 +145,19 @@ impl Compactor {
              GROUP BY project_id, day, {DIMENSIONS}"
         );
         self.clickhouse.query(&daily).execute().await?;
+        // Totals without dimensions, per touched hour and day, from the hourly rows.
+        for (granularity, time, source, touched) in [
+            ("hour", "hour", "cost_compact_hourly", touched_hours.clone()),
+            ("day", "day", "cost_compact_daily", format!("(project_id, day) IN (SELECT project_id, {DAY} FROM cost_rollup_batches PREWHERE {delta})")),
+        ] {
+            let totals = format!(
+                "INSERT INTO cost_compact_totals (project_id, granularity, t, version, {METRICS})
+                 SELECT project_id, '{granularity}', {time}, toUInt64({version}), {SUMS}
+                 FROM {source} FINAL PREWHERE {touched}
+                 GROUP BY project_id, {time}"
+            );
+            self.clickhouse.query(&totals).execute().await?;
+        }
         self.mark(version, 2, &committed).await?;
         transaction.commit().await?;
         Ok(CompactionOutcome::Compacted { version, frontier: committed, rebuilt })

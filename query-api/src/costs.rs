@@ -2,8 +2,9 @@
 //! the rollups in ClickHouse, optionally grouped and filtered by dimensions.
 //!
 //! Sources: the compacted rows (`cost_compact_daily` for whole days of a `day` query,
-//! `cost_compact_hourly` for the other hours) plus the batch rows at or above the compaction
-//! frontier (`cost_rollup_batches`), which together count every committed and in-flight batch
+//! `cost_compact_hourly` for the other hours, or `cost_compact_totals` for both when the query
+//! neither groups nor filters) plus the batch rows at or above the compaction frontier
+//! (`cost_rollup_batches`, skipped when Postgres shows nothing newer than the frontier), which together count every committed and in-flight batch
 //! once (see [`tally_common::compaction`]). Queries on `user_id` read the batch rows alone:
 //! compacted rows do not keep users. All are read with `FINAL` (replaced rows collapse).
 //! Ranges select whole hours: an hour counts when its start lies in `[from, to)`. Dimension
@@ -209,7 +210,7 @@ pub async fn costs(
 ) -> Result<Json<CostsAnswer>, ApiError> {
     let project = authenticate(&state, &headers).await?;
     let query = parse_query(&params, state.max_range_days)?;
-    let rows = read_rollups(&state.clickhouse, &project, &query).await?;
+    let rows = read_rollups(&state, &project, &query).await?;
 
     let mut totals = Totals::default();
     let mut series = Vec::with_capacity(rows.len());
@@ -263,41 +264,70 @@ const COMPACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 struct Branch {
     table: &'static str,
     time: &'static str,
+    has_dimensions: bool,
     has_user: bool,
     from: i64,
     to: i64,
     condition: Option<String>,
 }
 
-/// Which rows answer `query`: compacted rows as of `frontier` plus newer batch rows, or (with
-/// no frontier) the batch rows alone. Hours are `[from_h, to_h)`, hour-aligned.
-fn plan(query: &CostQuery, frontier: Option<&Frontier>) -> Vec<Branch> {
+impl Branch {
+    fn batches(from: i64, to: i64, condition: Option<String>) -> Self {
+        Branch { table: "cost_rollup_batches", time: "hour", has_dimensions: true, has_user: true, from, to, condition }
+    }
+
+    /// Compacted rows per hour (`day` false) or day; `totals`: the rows without dimensions.
+    fn compacted(day: bool, totals: bool, from: i64, to: i64) -> Self {
+        let (table, time, condition) = match (totals, day) {
+            (true, false) => ("cost_compact_totals", "t", Some("granularity = 'hour'".to_string())),
+            (true, true) => ("cost_compact_totals", "t", Some("granularity = 'day'".to_string())),
+            (false, false) => ("cost_compact_hourly", "hour", None),
+            (false, true) => ("cost_compact_daily", "day", None),
+        };
+        Branch { table, time, has_dimensions: !totals, has_user: false, from, to, condition }
+    }
+}
+
+/// Which rows answer `query`: compacted rows as of `frontier` plus, unless `nothing_newer`,
+/// the batch rows above it; or (with no frontier) the batch rows alone. Hours are
+/// `[from_h, to_h)`, hour-aligned.
+fn plan(query: &CostQuery, frontier: Option<&Frontier>, nothing_newer: bool) -> Vec<Branch> {
     let from_h = ceil_to(query.from.unix_timestamp(), HOUR);
     let to_h = ceil_to(query.to.unix_timestamp(), HOUR);
     let Some(frontier) = frontier else {
-        return vec![Branch { table: "cost_rollup_batches", time: "hour", has_user: true, from: from_h, to: to_h, condition: None }];
+        return vec![Branch::batches(from_h, to_h, None)];
     };
+    // Ungrouped, unfiltered queries read the totals without dimensions.
+    let totals = query.group_by.is_empty() && query.filters.is_empty();
     let mut branches = Vec::new();
     let (days_from, days_to) = (ceil_to(from_h, DAY), to_h.div_euclid(DAY) * DAY);
     if query.interval_seconds as i64 == DAY && days_from < days_to {
-        branches.push(Branch { table: "cost_compact_daily", time: "day", has_user: false, from: days_from, to: days_to, condition: None });
+        branches.push(Branch::compacted(true, totals, days_from, days_to));
         for (from, to) in [(from_h, days_from), (days_to, to_h)] {
             if from < to {
-                branches.push(Branch { table: "cost_compact_hourly", time: "hour", has_user: false, from, to, condition: None });
+                branches.push(Branch::compacted(false, totals, from, to));
             }
         }
     } else {
-        branches.push(Branch { table: "cost_compact_hourly", time: "hour", has_user: false, from: from_h, to: to_h, condition: None });
+        branches.push(Branch::compacted(false, totals, from_h, to_h));
     }
-    branches.push(Branch {
-        table: "cost_rollup_batches",
-        time: "hour",
-        has_user: true,
-        from: from_h,
-        to: to_h,
-        condition: Some(compaction::at_or_above(frontier)),
-    });
+    if !nothing_newer {
+        branches.push(Branch::batches(from_h, to_h, Some(compaction::at_or_above(frontier))));
+    }
     branches
+}
+
+/// Whether Postgres says no batch is newer than `frontier`: every partition committed exactly
+/// up to it and none with a claimed batch in flight. Batch rows above the frontier are then
+/// leftovers of superseded attempts, which count nowhere, and need not be read (about 25 ms on
+/// a 10M-event store, spent on index analysis). A claim sets `pending_end` before its batch's
+/// rows are written, so a batch written after this check is one the answer may leave out, as
+/// if the query had run a moment earlier.
+async fn nothing_newer(pool: &sqlx::PgPool, topic: &str, frontier: &Frontier) -> Result<bool, sqlx::Error> {
+    let progress: Vec<(i32, i64, Option<i64>)> =
+        sqlx::query_as("SELECT kafka_partition, next_offset, pending_end FROM partition_progress WHERE topic = $1").bind(topic).fetch_all(pool).await?;
+    Ok(progress.len() == frontier.len()
+        && progress.iter().all(|(partition, next, pending)| pending.is_none() && frontier.get(partition) == Some(next)))
 }
 
 fn ceil_to(seconds: i64, unit: i64) -> i64 {
@@ -310,10 +340,15 @@ async fn fetch(client: &clickhouse::Client, project: &str, query: &CostQuery, br
         .iter()
         .map(|branch| {
             format!(
-                "SELECT {time} AS t, application, environment, provider, model, {user} AS user_id, {METRICS}
+                "SELECT {time} AS t, {dimensions}, {user} AS user_id, {METRICS}
                  FROM {table} FINAL PREWHERE project_id = ? AND {time} >= toDateTime(?) AND {time} < toDateTime(?){filters}{condition}",
                 time = branch.time,
                 table = branch.table,
+                dimensions = if branch.has_dimensions {
+                    "application, environment, provider, model"
+                } else {
+                    "'' AS application, '' AS environment, '' AS provider, '' AS model"
+                },
                 user = if branch.has_user { "user_id" } else { "''" },
                 condition = branch.condition.as_ref().map(|c| format!(" AND {c}")).unwrap_or_default(),
             )
@@ -347,7 +382,8 @@ async fn fetch(client: &clickhouse::Client, project: &str, query: &CostQuery, br
 /// Reads the rollup rows for `query`, consistent with one compaction: the newest marker is read
 /// before and after the rows and must be the same finished compaction. While a compaction runs
 /// (or after one crashed) the batch rows alone answer, which is exact but slower.
-async fn read_rollups(client: &clickhouse::Client, project: &str, query: &CostQuery) -> Result<Vec<CostRow>, ApiError> {
+async fn read_rollups(state: &QueryState, project: &str, query: &CostQuery) -> Result<Vec<CostRow>, ApiError> {
+    let client = &state.clickhouse;
     let failed = |error: clickhouse::error::Error| ApiError::internal("reading the cost rollup", &error);
     let by_user = query.group_by.contains(&"user_id") || query.filters.iter().any(|(dimension, _)| *dimension == "user_id");
     let waited = std::time::Instant::now();
@@ -361,12 +397,13 @@ async fn read_rollups(client: &clickhouse::Client, project: &str, query: &CostQu
                 continue;
             }
         };
-        let rows = fetch(client, project, query, &plan(query, Some(frontier))).await.map_err(failed)?;
+        let idle = nothing_newer(&state.pool, &state.topic, frontier).await.map_err(|error| ApiError::internal("reading partition progress", &error))?;
+        let rows = fetch(client, project, query, &plan(query, Some(frontier), idle)).await.map_err(failed)?;
         if compaction::latest_marker(client).await.map_err(failed)? == before {
             return Ok(rows);
         }
     }
-    fetch(client, project, query, &plan(query, None)).await.map_err(failed)
+    fetch(client, project, query, &plan(query, None, false)).await.map_err(failed)
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ pub struct QueryState {
     pub authenticator: Authenticator,
     pub max_page_size: u32,
     pub max_range_days: u32,
+    /// The events topic, whose `partition_progress` tells whether anything is newer than the
+    /// last rollup compaction.
+    pub topic: String,
     registry: Registry,
     readiness: Readiness,
 }
@@ -58,6 +61,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
         clickhouse,
         max_page_size: config.query.max_page_size,
         max_range_days: config.query.max_range_days,
+        topic: config.kafka.topic.clone(),
         registry: Registry::new(),
         readiness,
     }))

@@ -164,11 +164,25 @@ pub async fn compacted_view(env: &TestEnv) -> Option<(u64, u64, Decimal)> {
         .fetch_one()
         .await
         .ok()?;
+    let mut totals_by_granularity = Vec::new();
+    for granularity in ["hour", "day"] {
+        let totals: StoredTotals = clickhouse
+            .query(&format!(
+                "SELECT sum(requests) AS requests, sum(input_tokens) AS input_tokens, toString(sum(cost)) AS cost FROM cost_compact_totals FINAL WHERE project_id = 'acme' AND granularity = '{granularity}'"
+            ))
+            .fetch_one()
+            .await
+            .ok()?;
+        totals_by_granularity.push(totals);
+    }
     // Read after the rows: a compaction that finished in between makes the two views differ.
     if compaction::latest_marker(&clickhouse).await.ok()?? != marker {
         return None;
     }
     assert_eq!((daily.requests, daily.input_tokens, &daily.cost), (hourly.requests, hourly.input_tokens, &hourly.cost), "daily rows sum the hourly rows");
+    for totals in &totals_by_granularity {
+        assert_eq!((totals.requests, totals.input_tokens, &totals.cost), (hourly.requests, hourly.input_tokens, &hourly.cost), "totals sum the hourly rows");
+    }
     Some((totals.requests, totals.input_tokens, Decimal::from_str(&totals.cost).unwrap_or_default()))
 }
 
