@@ -1,6 +1,6 @@
 //! Ingest's metrics, declared together. Labels are bounded (reason codes, never user values).
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -12,6 +12,8 @@ pub struct IngestMetrics {
     pub produce_seconds: Histogram,
     /// Events per request.
     pub batch_events: Histogram,
+    /// Kafka producers replaced because they stopped acknowledging (see producer.rs).
+    pub producer_replacements: IntCounter,
 }
 
 impl IngestMetrics {
@@ -29,10 +31,13 @@ impl IngestMetrics {
             HistogramOpts::new("tally_ingest_batch_events", "Events per ingest request")
                 .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
         )?;
+        let producer_replacements =
+            IntCounter::new("tally_ingest_producer_replacements_total", "Kafka producers replaced after failing every delivery for a while")?;
+        registry.register(Box::new(producer_replacements.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(backpressure.clone()))?;
         registry.register(Box::new(produce_seconds.clone()))?;
         registry.register(Box::new(batch_events.clone()))?;
-        Ok(Self { events, backpressure, produce_seconds, batch_events })
+        Ok(Self { events, backpressure, produce_seconds, batch_events, producer_replacements })
     }
 }
