@@ -12,6 +12,11 @@
 
 use std::collections::BTreeMap;
 
+/// The metric columns every rollup table has, in the order compaction and queries read them.
+pub const METRIC_COLUMNS: &str = "requests, errors, input_tokens, output_tokens, cache_read_input_tokens, \
+     cache_creation_input_tokens, reasoning_tokens, cache_hits, cost, priced_requests, client_cost_requests, unpriced_requests, \
+     latency_bucket_ids, latency_bucket_counts";
+
 /// Per source partition, the first batch offset a compaction did not include.
 pub type Frontier = BTreeMap<i32, i64>;
 

@@ -59,8 +59,7 @@ const SUMS: &str = "sum(requests), sum(errors), sum(input_tokens), sum(output_to
      sum(cache_creation_input_tokens), sum(reasoning_tokens), sum(cache_hits), sum(cost), sum(priced_requests), \
      sum(client_cost_requests), sum(unpriced_requests), \
      tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 1), tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 2)";
-const METRICS: &str = "requests, errors, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, \
-     reasoning_tokens, cache_hits, cost, priced_requests, client_cost_requests, unpriced_requests, latency_bucket_ids, latency_bucket_counts";
+const METRICS: &str = compaction::METRIC_COLUMNS;
 const DAY: &str = "toDateTime(intDiv(toUInt32(hour), 86400) * 86400)";
 
 #[derive(clickhouse::Row, serde::Serialize)]

@@ -206,14 +206,20 @@ impl Sink {
         // Each key once, at its earliest (partition, offset) in this write, sorted by key: the
         // insert then has no duplicates within itself, and concurrent writers (lanes, other
         // workers) take the index locks in the same order, so they cannot deadlock.
+        // `claim_keys[i]`: the keys of claim i's decoded messages, in order (kept for step 2).
         let mut earliest: HashMap<Uuid, (i32, i64)> = HashMap::new();
         let mut name = Vec::with_capacity(128);
+        let mut claim_keys: Vec<Vec<Uuid>> = Vec::with_capacity(claims.len());
         for claim in &claims {
+            let mut keys = Vec::new();
             for message in &buffers[&claim.partition][claim.first_index..] {
                 if let Ok(event) = &message.decoded {
-                    earliest.entry(event_key(event, &mut name)).or_insert((claim.partition, message.offset));
+                    let key = event_key(event, &mut name);
+                    earliest.entry(key).or_insert((claim.partition, message.offset));
+                    keys.push(key);
                 }
             }
+            claim_keys.push(keys);
         }
         let mut rows: Vec<(Uuid, (i32, i64))> = earliest.into_iter().collect();
         rows.sort_unstable_by_key(|(key, _)| *key);
@@ -263,15 +269,17 @@ impl Sink {
         // Step 2: compute and write ClickHouse and the dead-letter topic.
         let mut outputs: Vec<(Claim, BatchOutput)> = Vec::with_capacity(claims.len());
         let mut dead_letters = Vec::new();
-        for claim in claims {
+        for (claim, keys) in claims.into_iter().zip(claim_keys) {
             let messages = &buffers[&claim.partition][claim.first_index..];
+            let mut keys = keys.into_iter();
             let mut generations: Vec<(i64, &Generation)> = Vec::new();
             let mut runs: Vec<(i64, &AgentRun)> = Vec::new();
             for message in messages {
                 match &message.decoded {
                     Err(error) => dead_letters.push((claim.partition, message.offset, &message.payload, error.to_string())),
                     Ok(event) => {
-                        let counts = first_seen.get(&event_key(event, &mut name)) == Some(&(claim.partition, message.offset));
+                        let key = keys.next().expect("one key per decoded message");
+                        let counts = first_seen.get(&key) == Some(&(claim.partition, message.offset));
                         if !counts {
                             report.duplicates += 1;
                             continue;

@@ -253,8 +253,7 @@ const SUMS: &str = "sum(requests) AS requests, sum(errors) AS errors, sum(input_
      sum(client_cost_requests) AS client_cost_requests, sum(unpriced_requests) AS unpriced_requests,
      tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 1) AS latency_ids,
      tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 2) AS latency_counts";
-const METRICS: &str = "requests, errors, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, \
-     reasoning_tokens, cache_hits, cost, priced_requests, client_cost_requests, unpriced_requests, latency_bucket_ids, latency_bucket_counts";
+const METRICS: &str = compaction::METRIC_COLUMNS;
 const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
 /// How long a query waits for a running compaction before reading the batch rows alone.
