@@ -4,7 +4,9 @@
 //!
 //! Also measures, for comparison, `decode_with_generic_reader`: apache-avro's generic reader
 //! (`from_avro_datum` into a `Value`, then into the struct), the path `decode` takes only for
-//! messages written with another schema version.
+//! messages written with another schema version; and `encode_apache_avro_reference`: the encoder
+//! before the hand-written datum writer (apache-avro's schema-aware serializer), kept in the tests
+//! as the byte-for-byte reference and measured here in the same run, under the same load.
 //!
 //! Run: `CARGO_TARGET_DIR=/var/tmp/tally-cache/target cargo bench -p tally-schemas`
 //! (quick run: append `-- --warm-up-time 1 --measurement-time 3`). Reported time is per event;
@@ -20,6 +22,9 @@ use tally_schemas::{
     decode, decode_with_generic_reader, encode, AgentRun, CacheStatus, Event, Generation,
     GenerationStatus, RunStatus, SchemaRegistry,
 };
+
+#[path = "../tests/support/apache_avro_reference.rs"]
+mod apache_avro_reference;
 
 fn realistic_generation() -> Generation {
     Generation {
@@ -91,8 +96,21 @@ fn bench_event(criterion: &mut Criterion, name: &str, event: Event) {
         })
     });
 
+    group.bench_function("encode_apache_avro_reference", |bencher| {
+        bencher.iter(|| {
+            buffer.clear();
+            apache_avro_reference::encode_with_apache_avro(black_box(&event), &mut buffer).unwrap();
+            black_box(buffer.len())
+        })
+    });
+
     let mut message = Vec::new();
     encode(&event, &mut message).unwrap();
+    assert_eq!(
+        message,
+        apache_avro_reference::encode_to_vec_with_apache_avro(&event).unwrap(),
+        "the benchmarked encoders disagree"
+    );
     group.bench_function("decode", |bencher| {
         bencher.iter(|| decode(black_box(&message)).unwrap())
     });

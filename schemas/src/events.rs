@@ -6,11 +6,12 @@
 //! `generation.v1.avsc` and `agent_run.v1.avsc` exactly; the wire form lives in [`crate::codec`].
 //!
 //! The serde derives here are the *JSON* form (enums as their lower-case symbols, `client_cost` as
-//! a decimal string), not the Avro form: the codec writes Avro through its own borrowed view of
-//! these structs, so the JSON form can stay natural.
+//! a decimal string), not the Avro form: the codec writes and reads the Avro binary datum itself
+//! (`datum_encoding`, `datum_decoding`), so the JSON form can stay natural.
 //!
 //! Enum variant order is part of the wire format: Avro enums travel as the symbol's index, and the
-//! codec writes the Rust variant index, so variants must stay in the order of the `.avsc` symbols.
+//! codec writes the Rust variant's position (`symbol_index`), so variants must stay in the order
+//! of the `.avsc` symbols (a test compares them with the parsed schemas).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,6 +54,13 @@ macro_rules! avro_symbol_enum {
             /// The Avro (and JSON) symbol of this variant.
             pub const fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $symbol),+ }
+            }
+
+            /// The Avro enum index of this variant: its position in [`Self::SYMBOLS`], which is
+            /// what the binary encoding writes. (The variants have no explicit discriminants, so
+            /// the discriminant is the declaration order, which is the symbol order.)
+            pub const fn symbol_index(self) -> usize {
+                self as usize
             }
 
             /// The variant with this Avro enum index, i.e. this position in [`Self::SYMBOLS`].

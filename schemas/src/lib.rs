@@ -16,6 +16,8 @@
 //! - [`fingerprint`]: the spec's Parsing Canonical Form and CRC-64-AVRO, because apache-avro's
 //!   differs for logical types.
 //! - [`avro_decimal`]: exact `rust_decimal::Decimal` <-> Avro `decimal(38, 12)` for money.
+//! - `datum_encoding` (private): the hand-written writer of a struct as a datum of its current
+//!   schema (tested byte for byte against apache-avro's serializer).
 //! - `datum_decoding` (private): the two ways a datum becomes a struct: read directly for the
 //!   current schema, or through apache-avro's generic reader with schema resolution.
 //!
@@ -25,6 +27,7 @@
 pub mod avro_decimal;
 pub mod codec;
 mod datum_decoding;
+mod datum_encoding;
 pub mod events;
 pub mod fingerprint;
 pub mod schema_registry;

@@ -37,7 +37,8 @@ pub const AGENT_RUN_V1_FINGERPRINT: u64 = 0xe02e_092e_a2a4_2a7c;
 /// Every schema version that may have written a message, oldest first. The last entry of a kind
 /// is the *current* one: the encoder writes it, and the decoder resolves every other version of
 /// that kind into it. To add a version: add `kind.vN.avsc`, add its line here, and update the
-/// Rust struct and the codec's view of it.
+/// Rust struct, the field lists of the datum writer and reader (`datum_encoding`,
+/// `datum_decoding`) and the test reference encoder (`tests/support/apache_avro_reference.rs`).
 const KNOWN_SCHEMA_FILES: &[(EventKind, u32, &str)] = &[
     (EventKind::Generation, 1, GENERATION_V1_AVSC),
     (EventKind::AgentRun, 1, AGENT_RUN_V1_AVSC),

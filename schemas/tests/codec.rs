@@ -1,6 +1,7 @@
 //! The wire codec against the Avro specification and against apache-avro's generic reader and
-//! writer: round trips of arbitrary events, the single-object header, interoperability in both
-//! directions, and every decode error.
+//! writer: byte-for-byte equality of the hand-written encoder with apache-avro's serializer, round
+//! trips of arbitrary events, the single-object header, interoperability in both directions, and
+//! every decode error.
 
 mod support;
 
@@ -9,6 +10,9 @@ use std::str::FromStr;
 use apache_avro::{from_avro_datum, to_avro_datum, GenericSingleObjectWriter};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
+use support::apache_avro_reference::{
+    encode_to_vec_with_apache_avro, encode_with_apache_avro, ReferenceEncodeError,
+};
 use support::*;
 use tally_schemas::avro_decimal::AvroDecimalError;
 use tally_schemas::fingerprint::{crc64_avro, parsing_canonical_form};
@@ -20,6 +24,350 @@ use tally_schemas::{
 
 fn encoded(event: impl Into<Event>) -> Vec<u8> {
     encode_to_vec(&event.into()).expect("encodes")
+}
+
+// ---- The hand-written encoder writes exactly the bytes apache-avro's serializer wrote ----
+
+/// Any double: NaN with any payload, infinities, subnormals and -0.0 included (the writer copies
+/// the bits, as apache-avro does).
+fn any_double_bits() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        any::<u64>().prop_map(f64::from_bits),
+        Just(f64::NAN),
+        Just(-f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(-0.0f64),
+        Just(f64::from_bits(1)),
+    ]
+}
+
+/// Text of up to a few kilobytes, so that lengths take two-byte varints too.
+fn any_long_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(any::<char>(), 0..700).prop_map(String::from_iter)
+}
+
+/// `any_generation`, with any double as the similarity and sometimes long strings.
+fn any_generation_to_encode() -> impl Strategy<Value = tally_schemas::Generation> {
+    (
+        // Boxed: the unboxed value tree of the whole tuple overflows a test thread's stack in
+        // unoptimised builds.
+        any_generation().boxed(),
+        prop::option::of(any_double_bits()),
+        prop::option::of(any_long_text()),
+        prop::option::of((any_long_text(), any_long_text())),
+    )
+        .prop_map(|(mut generation, similarity, long_model, long_entry)| {
+            if generation.cache_similarity.is_some() {
+                generation.cache_similarity = similarity;
+            }
+            if let Some(model) = long_model {
+                generation.model = model;
+            }
+            if let Some((key, value)) = long_entry {
+                generation.metadata.insert(key, value);
+            }
+            generation
+        })
+}
+
+/// `any_agent_run`, sometimes with long strings.
+fn any_agent_run_to_encode() -> impl Strategy<Value = tally_schemas::AgentRun> {
+    (
+        any_agent_run().boxed(),
+        prop::option::of(any_long_text()),
+        prop::option::of(any_long_text()),
+    )
+        .prop_map(|(mut agent_run, long_name, long_value)| {
+            if let Some(name) = long_name {
+                agent_run.name = Some(name);
+            }
+            if let Some(value) = long_value {
+                agent_run.metadata.insert("long".to_owned(), value);
+            }
+            agent_run
+        })
+}
+
+/// Encodes `event` after some bytes already in the buffer, with `encode` and with the previous
+/// apache-avro encoder, and requires the same bytes. Returns the message.
+fn encode_both_ways(event: &Event) -> Vec<u8> {
+    let mut ours = b"previous".to_vec();
+    encode(event, &mut ours).expect("hand-written encoder");
+    let mut reference = b"previous".to_vec();
+    encode_with_apache_avro(event, &mut reference).expect("apache-avro encoder");
+    if ours != reference {
+        let first_difference = ours
+            .iter()
+            .zip(&reference)
+            .position(|(left, right)| left != right)
+            .unwrap_or(ours.len().min(reference.len()));
+        panic!(
+            "{} {}: encode wrote {} bytes, apache-avro {}; first difference at message byte {}\n\
+             encode:     {:02x?}\napache-avro: {:02x?}",
+            event.kind(),
+            event.event_id(),
+            ours.len() - 8,
+            reference.len() - 8,
+            first_difference.saturating_sub(8),
+            &ours[8..],
+            &reference[8..],
+        );
+    }
+    ours.split_off(8)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    #[test]
+    fn encode_writes_the_bytes_apache_avro_wrote(
+        generation in any_generation_to_encode(),
+        agent_run in any_agent_run_to_encode(),
+    ) {
+        encode_both_ways(&Event::Generation(generation));
+        encode_both_ways(&Event::AgentRun(agent_run));
+    }
+}
+
+/// The cases a random strategy rarely hits, each also decoded back (both readers).
+#[test]
+fn encode_writes_the_bytes_apache_avro_wrote_at_the_edges() {
+    use tally_schemas::{AgentRun, CacheStatus, Generation, GenerationStatus, RunStatus};
+
+    let empty_generation = Generation {
+        event_id: String::new(),
+        project_id: String::new(),
+        trace_id: String::new(),
+        span_id: None,
+        parent_span_id: None,
+        agent_run_id: None,
+        application: String::new(),
+        environment: String::new(),
+        user_id: None,
+        session_id: None,
+        provider: String::new(),
+        model: String::new(),
+        start_time_us: 0,
+        duration_us: 0,
+        time_to_first_token_us: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        cache_read_input_tokens: 0,
+        cache_creation_input_tokens: 0,
+        reasoning_tokens: 0,
+        client_cost: None,
+        status: GenerationStatus::Ok,
+        error_type: None,
+        cache_status: CacheStatus::None,
+        cache_similarity: None,
+        metadata: Default::default(),
+        received_at_us: 0,
+    };
+    let empty_agent_run = AgentRun {
+        event_id: String::new(),
+        project_id: String::new(),
+        run_id: String::new(),
+        user_id: None,
+        thread_id: None,
+        name: None,
+        status: RunStatus::Running,
+        start_time_us: 0,
+        end_time_us: None,
+        metadata: Default::default(),
+        received_at_us: 0,
+    };
+    let mut events = vec![
+        Event::Generation(sample_generation()),
+        Event::AgentRun(sample_agent_run()),
+        Event::Generation(empty_generation.clone()),
+        Event::AgentRun(empty_agent_run.clone()),
+    ];
+
+    // Every long at both extremes and at the varint length boundaries.
+    for value in [
+        i64::MIN,
+        i64::MAX,
+        -1,
+        -64,
+        63,
+        64,
+        -65,
+        8191,
+        8192,
+        1 << 62,
+        -(1 << 62) - 1,
+    ] {
+        events.push(Event::Generation(Generation {
+            start_time_us: value,
+            duration_us: value,
+            time_to_first_token_us: Some(value),
+            input_tokens: value,
+            output_tokens: value,
+            cache_read_input_tokens: value,
+            cache_creation_input_tokens: value,
+            reasoning_tokens: value,
+            received_at_us: value,
+            ..sample_generation()
+        }));
+        events.push(Event::AgentRun(AgentRun {
+            start_time_us: value,
+            end_time_us: Some(value),
+            received_at_us: value,
+            ..sample_agent_run()
+        }));
+    }
+
+    // Every enum symbol.
+    for status in GenerationStatus::ALL {
+        for cache_status in CacheStatus::ALL {
+            events.push(Event::Generation(Generation {
+                status: *status,
+                cache_status: *cache_status,
+                error_type: Some("rate_limit".to_owned()),
+                ..empty_generation.clone()
+            }));
+        }
+    }
+    for status in RunStatus::ALL {
+        events.push(Event::AgentRun(AgentRun {
+            status: *status,
+            ..sample_agent_run()
+        }));
+    }
+
+    // Doubles, NaN included (compared as bytes; NaN does not round-trip by `==`).
+    for similarity in [
+        0.0,
+        -0.0,
+        1.0,
+        0.973,
+        f64::MIN_POSITIVE,
+        f64::from_bits(1),
+        f64::MAX,
+        f64::MIN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        -f64::NAN,
+        f64::from_bits(0x7ff0_0000_0000_0001),
+    ] {
+        events.push(Event::Generation(Generation {
+            cache_status: CacheStatus::SemanticHit,
+            cache_similarity: Some(similarity),
+            ..sample_generation()
+        }));
+    }
+
+    // Decimals: zero, the smallest steps, the largest values, one- and multi-byte encodings.
+    for cost in [
+        "0",
+        "0.000000000001",
+        "-0.000000000001",
+        "0.000000000127",
+        "0.000000000128",
+        "-0.000000000128",
+        "-0.000000000129",
+        "1",
+        "0.02664",
+        "-17.5",
+        "99999999999999999999999999",
+        "-99999999999999999999999999",
+        "-99999999999999.999999999999",
+        "79228162514264.337593543950",
+        "12345678901234567890123456",
+    ] {
+        events.push(Event::Generation(Generation {
+            client_cost: Some(Decimal::from_str(cost).unwrap()),
+            ..sample_generation()
+        }));
+    }
+
+    // Strings whose length varint takes 1, 2 and 3 bytes, and non-ASCII text.
+    for length in [63, 64, 127, 128, 8191, 8192, 70_000] {
+        let text = "x".repeat(length);
+        events.push(Event::Generation(Generation {
+            event_id: text.clone(),
+            span_id: Some(text.clone()),
+            model: text.clone(),
+            metadata: [(text.clone(), text.clone())].into(),
+            ..sample_generation()
+        }));
+        events.push(Event::AgentRun(AgentRun {
+            run_id: text.clone(),
+            name: Some(text.clone()),
+            ..sample_agent_run()
+        }));
+    }
+    events.push(Event::Generation(Generation {
+        model: "模型 🚀 \u{0} \u{10FFFF}".to_owned(),
+        metadata: [("ключ".to_owned(), "значение\n".to_owned())].into(),
+        ..sample_generation()
+    }));
+
+    // Maps around apache-avro's block size (blocks of 1025 entries, then the rest).
+    for entries in [0, 1, 2, 1024, 1025, 1026, 2049, 2050, 2051, 5000] {
+        let metadata: std::collections::BTreeMap<String, String> = (0..entries)
+            .map(|index| (format!("key_{index:05}"), format!("value {index}")))
+            .collect();
+        events.push(Event::Generation(Generation {
+            metadata: metadata.clone(),
+            ..sample_generation()
+        }));
+        events.push(Event::AgentRun(AgentRun {
+            metadata,
+            ..empty_agent_run.clone()
+        }));
+    }
+
+    for event in events {
+        let message = encode_both_ways(&event);
+        assert_eq!(message, encoded(event.clone()));
+        for decoder in [decode, generic_decode] {
+            let decoded = decoder(&message).unwrap();
+            // NaN is not equal to itself: compare such events by their bytes.
+            assert_eq!(encoded(decoded.clone()), message);
+            if !matches!(&event, Event::Generation(generation)
+                if generation.cache_similarity.is_some_and(f64::is_nan))
+            {
+                assert_eq!(decoded, event);
+            }
+        }
+    }
+}
+
+/// A client_cost the schema cannot hold exactly: both encoders refuse it, and neither leaves
+/// anything in the buffer.
+#[test]
+fn encode_refuses_what_apache_avro_encoding_refused() {
+    for cost in [
+        "0.0000000000001",
+        "-12.3456789012345",
+        "100000000000000000000000000",
+        "-100000000000000000000000000",
+        "79228162514264337593543950335",
+    ] {
+        let event = Event::Generation(tally_schemas::Generation {
+            client_cost: Some(Decimal::from_str(cost).unwrap()),
+            ..sample_generation()
+        });
+        let mut ours = b"kept".to_vec();
+        let our_error = encode(&event, &mut ours).unwrap_err();
+        let mut reference = b"kept".to_vec();
+        let reference_error = encode_with_apache_avro(&event, &mut reference).unwrap_err();
+        assert_eq!(
+            (ours.as_slice(), reference.as_slice()),
+            (&b"kept"[..], &b"kept"[..])
+        );
+        match (our_error, reference_error) {
+            (
+                EncodeError::ClientCost { source, .. },
+                ReferenceEncodeError::ClientCost(reference_source),
+            ) => assert_eq!(source, reference_source, "{cost}"),
+            (ours, reference) => panic!("{cost}: encode {ours:?}, apache-avro {reference:?}"),
+        }
+    }
+    assert!(encode_to_vec_with_apache_avro(&Event::Generation(sample_generation())).is_ok());
 }
 
 proptest! {
@@ -234,17 +582,13 @@ fn client_cost_is_exact_and_never_rounded() {
             buffer, b"kept",
             "a failed encode must not leave a partial message"
         );
-        match error {
-            EncodeError::ClientCost { event_id, source } => {
-                assert_eq!(event_id, sample_generation().event_id);
-                assert_eq!(
-                    matches!(source, AvroDecimalError::TooManyFractionalDigits { .. }),
-                    expect_scale_error,
-                    "{text}: {source}"
-                );
-            }
-            other => panic!("{text}: unexpected {other}"),
-        }
+        let EncodeError::ClientCost { event_id, source } = error;
+        assert_eq!(event_id, sample_generation().event_id);
+        assert_eq!(
+            matches!(source, AvroDecimalError::TooManyFractionalDigits { .. }),
+            expect_scale_error,
+            "{text}: {source}"
+        );
     }
 }
 

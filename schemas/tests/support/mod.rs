@@ -1,8 +1,11 @@
 //! Shared by the integration tests: realistic sample events, proptest strategies for arbitrary
-//! ones, and each event written out as the `apache_avro::types::Value` that apache-avro's generic
-//! reader should produce for it, built independently of the codec.
+//! ones, each event written out as the `apache_avro::types::Value` that apache-avro's generic
+//! reader should produce for it, built independently of the codec, and the previous
+//! apache-avro-based encoder as the byte-for-byte reference ([`apache_avro_reference`]).
 
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod apache_avro_reference;
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
