@@ -99,7 +99,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: "tally.events.dlq.v1".into(),
             partitions: 8,
             consumer_group: "tally-processor".into(),
-            linger_ms: 5,
+            linger_ms: 1,
             message_timeout_ms: 30_000,
             queue_max_messages: 500_000,
             compression: "lz4".into(),

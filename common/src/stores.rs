@@ -59,7 +59,8 @@ pub fn redis_client(config: &Config) -> Result<redis::Client, StoreError> {
 /// Settings every Kafka client shares.
 pub fn kafka_base(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.brokers).set("client.id", "tally");
+    // TCP_NODELAY: a produce request's last segment must not wait for the broker's delayed ACK.
+    client.set("bootstrap.servers", &config.brokers).set("client.id", "tally").set("socket.nagle.disable", "true");
     client
 }
 

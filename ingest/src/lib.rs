@@ -21,6 +21,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{middleware, Json, Router};
 use prometheus::Registry;
 use serde::Serialize;
@@ -105,6 +106,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     let state = build(&config)?;
     let app = router(state.clone())?;
     tracing::info!(address = %listener.local_addr()?, topic = %config.kafka.topic, "ingest listening");
+    // Answers go out as soon as they are written: with Nagle's algorithm a response could wait
+    // for the client's delayed ACK of the previous segment.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     state.producer.flush(Duration::from_secs(10));
     tracing::info!("ingest stopped");
@@ -188,7 +196,7 @@ fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String,
             Event::Generation(generation) => generation.trace_id.clone(),
             Event::AgentRun(run) => run.run_id.clone(),
         };
-        let mut payload = Vec::with_capacity(256);
+        let mut payload = Vec::with_capacity(512);
         match tally_schemas::encode(decoded, &mut payload) {
             Ok(()) => {
                 messages.push(OutgoingMessage { key, payload });
@@ -223,7 +231,11 @@ async fn ingest_events(
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
         let ndjson = content_type.starts_with("application/x-ndjson") || content_type.starts_with("application/ndjson");
         let limits = state.limits.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare(body, encoding, ndjson, project, limits))
+        let prepare_seconds = state.metrics.prepare_seconds.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let _timer = prepare_seconds.start_timer();
+            prepare(body, encoding, ndjson, project, limits)
+        })
             .await
             .map_err(|error| ApiError::internal("parsing the request", &error))?
             .map_err(|error| {

@@ -10,6 +10,8 @@ pub struct IngestMetrics {
     pub backpressure: IntCounterVec,
     /// Time from the first produce call of a request to its last delivery report.
     pub produce_seconds: Histogram,
+    /// Time to decompress, parse, validate and Avro-encode one request's body (CPU work).
+    pub prepare_seconds: Histogram,
     /// Events per request.
     pub batch_events: Histogram,
     /// Kafka producers replaced because they stopped acknowledging (see producer.rs).
@@ -27,6 +29,10 @@ impl IngestMetrics {
             HistogramOpts::new("tally_ingest_produce_seconds", "Kafka produce latency per request (all deliveries)")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
         )?;
+        let prepare_seconds = Histogram::with_opts(
+            HistogramOpts::new("tally_ingest_prepare_seconds", "Time to decompress, parse, validate and encode a request body")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        )?;
         let batch_events = Histogram::with_opts(
             HistogramOpts::new("tally_ingest_batch_events", "Events per ingest request")
                 .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
@@ -38,6 +44,7 @@ impl IngestMetrics {
         registry.register(Box::new(backpressure.clone()))?;
         registry.register(Box::new(produce_seconds.clone()))?;
         registry.register(Box::new(batch_events.clone()))?;
-        Ok(Self { events, backpressure, produce_seconds, batch_events, producer_replacements })
+        registry.register(Box::new(prepare_seconds.clone()))?;
+        Ok(Self { events, backpressure, produce_seconds, prepare_seconds, batch_events, producer_replacements })
     }
 }
