@@ -36,8 +36,13 @@ print("Measured by `scripts/bench` (re-run it to refresh this page). Everything 
       "for the whole pipeline colocated, not for any one component. These machines are shared and noisy: treat single "
       "figures as +-15 %.\n")
 print(f"- machine: {machine.get('cpus')} cores, {machine.get('cpu_model')}, {fmt((machine.get('memory_bytes') or 0) / 2**30, 1)} GiB, kernel {machine.get('kernel')}")
-print(f"- date: {first['started_at']}; {version(['cargo', '--version'])}; Kafka 4.1.1 (KRaft, 1 node, heap 768 MiB); {version(['clickhouse-client', '--version'])}; PostgreSQL 15; release build")
+print(f"- date: {first['started_at']}; {version(['cargo', '--version'])}; Kafka 4.1.1 (KRaft, 1 node, heap 768 MiB, G1 with a 20 ms pause goal); {version(['clickhouse-client', '--version'])}; PostgreSQL 15; release build")
 s = first["settings"]
+priority_file = out / "cpu-priority.txt"
+priority = priority_file.read_text().strip() if priority_file.exists() else "off"
+print("- CPU priority: " + ("ingest and Kafka (the acknowledgement path) in a cgroup with 64 times the CPU weight of the processor, "
+      "ClickHouse and Postgres (scripts/cpu-priority; weights only matter while the cores are busy)" if priority == "on"
+      else "none (BENCH_CPU_PRIORITY=off): every process has the same weight"))
 print(f"- load: {s.get('connections')} connections, {s.get('batch_size')}-event batches, JSON bodies, "
       f"{fmt(s.get('cache_hit_share'), 2)} cache-hit share, {fmt(s.get('duplicate_share'), 3)} duplicates, {fmt(s.get('invalid_share'), 3)} invalid\n")
 
