@@ -264,7 +264,14 @@ async fn events_flow_through_kafka_into_exact_costs_and_run_history() {
     .await;
     assert_eq!(totals_of(&costs_b["totals"]), b.totals);
 
-    // The agent run history, paged 7 at a time, newest first, with exact per-run totals.
+    // The agent run history, paged 7 at a time, newest first, with exact per-run totals. Run
+    // events travel on their own partitions (keyed by run id), so every generation being counted
+    // does not mean every run event is committed yet: wait until all runs are listed.
+    eventually("all of project A's agent runs in the history", Duration::from_secs(60), || async {
+        let page = get_json(&env, &format!("{query}/v1/agent/runs?limit=100"), &key_a).await;
+        (page["runs"].as_array().map(Vec::len) == Some(a.runs.len())).then_some(())
+    })
+    .await;
     let mut seen: HashMap<String, (u64, Decimal, String)> = HashMap::new();
     let mut cursor: Option<String> = None;
     let mut last_started: Option<String> = None;
