@@ -45,7 +45,15 @@ pub fn clickhouse_client(config: &ClickHouseConfig) -> clickhouse::Client {
 
 /// A ClickHouse client without a default database (to create it).
 pub fn clickhouse_server_client(config: &ClickHouseConfig) -> clickhouse::Client {
-    let mut client = clickhouse::Client::default().with_url(&config.url).with_user(&config.user).with_validation(false);
+    let compression = match config.compression.as_str() {
+        "lz4" => clickhouse::Compression::Lz4,
+        _ => clickhouse::Compression::None,
+    };
+    let mut client = clickhouse::Client::default()
+        .with_url(&config.url)
+        .with_user(&config.user)
+        .with_validation(false)
+        .with_compression(compression);
     if !config.password.expose().is_empty() {
         client = client.with_password(config.password.expose());
     }

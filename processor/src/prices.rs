@@ -103,7 +103,8 @@ impl PatternPrices {
 /// The in-memory price table the processor prices with.
 #[derive(Debug, Default, Clone)]
 pub struct PriceTable {
-    exact: HashMap<(String, String), PatternPrices>,
+    /// Per provider, per exact model name (two levels, so a lookup by `&str` allocates nothing).
+    exact: HashMap<String, HashMap<String, PatternPrices>>,
     /// Per provider: (prefix, prices), longest prefix first.
     prefixes: HashMap<String, Vec<(String, PatternPrices)>>,
     rows: usize,
@@ -118,10 +119,10 @@ impl PriceTable {
             if let Some(prefix) = row.model_pattern.strip_suffix('*') {
                 prefixes.entry((row.provider.clone(), prefix.to_string())).or_default().rows.push(entry);
             } else {
-                table.exact.entry((row.provider.clone(), row.model_pattern.clone())).or_default().rows.push(entry);
+                table.exact.entry(row.provider.clone()).or_default().entry(row.model_pattern.clone()).or_default().rows.push(entry);
             }
         }
-        for prices in table.exact.values_mut() {
+        for prices in table.exact.values_mut().flat_map(HashMap::values_mut) {
             prices.rows.sort_by_key(|(from, _)| *from);
         }
         for ((provider, prefix), mut prices) in prefixes {
@@ -144,7 +145,7 @@ impl PriceTable {
 
     /// The price for `provider`/`model` at `time_us`, if any.
     pub fn lookup(&self, provider: &str, model: &str, time_us: i64) -> Option<&ModelPrice> {
-        if let Some(prices) = self.exact.get(&(provider.to_string(), model.to_string())) {
+        if let Some(prices) = self.exact.get(provider).and_then(|models| models.get(model)) {
             if let Some(price) = prices.at(time_us) {
                 return Some(price);
             }

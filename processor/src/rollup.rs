@@ -101,16 +101,17 @@ pub struct GenerationRow {
     pub kafka_offset: i64,
 }
 
-/// The dimensions of a rollup row.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RollupKey {
-    pub project_id: String,
-    pub hour: u32,
-    pub application: String,
-    pub environment: String,
-    pub provider: String,
-    pub model: String,
-    pub user_id: String,
+/// The dimensions of a rollup row, borrowed from the generation being aggregated: looking a
+/// row up costs no allocation; the strings are copied once, when a batch first sees a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RollupKey<'a> {
+    project_id: &'a str,
+    hour: u32,
+    application: &'a str,
+    environment: &'a str,
+    provider: &'a str,
+    model: &'a str,
+    user_id: &'a str,
 }
 
 /// A rollup row for ClickHouse `cost_rollup_batches` (see its DDL for the replace semantics).
@@ -184,7 +185,7 @@ pub fn compute(
     prices: &PriceTable,
 ) -> BatchOutput {
     let mut output = BatchOutput::default();
-    let mut rollups: HashMap<RollupKey, RollupRow> = HashMap::new();
+    let mut rollups: HashMap<RollupKey<'_>, RollupRow> = HashMap::new();
     for (offset, generation) in generations {
         let (cost, source) = price_generation(generation, prices);
         match source {
@@ -192,24 +193,23 @@ pub fn compute(
             _ => output.priced += 1,
         }
         let hour_start = (generation.start_time_us.div_euclid(3_600_000_000) * 3_600) as u32;
-        let user_id = generation.user_id.clone().unwrap_or_default();
         let key = RollupKey {
-            project_id: generation.project_id.clone(),
+            project_id: &generation.project_id,
             hour: hour_start,
-            application: generation.application.clone(),
-            environment: generation.environment.clone(),
-            provider: generation.provider.clone(),
-            model: generation.model.clone(),
-            user_id: user_id.clone(),
+            application: &generation.application,
+            environment: &generation.environment,
+            provider: &generation.provider,
+            model: &generation.model,
+            user_id: generation.user_id.as_deref().unwrap_or_default(),
         };
-        let row = rollups.entry(key.clone()).or_insert_with(|| RollupRow {
-            project_id: key.project_id,
+        let row = rollups.entry(key).or_insert_with(|| RollupRow {
+            project_id: key.project_id.to_owned(),
             hour: key.hour,
-            application: key.application,
-            environment: key.environment,
-            provider: key.provider,
-            model: key.model,
-            user_id: key.user_id,
+            application: key.application.to_owned(),
+            environment: key.environment.to_owned(),
+            provider: key.provider.to_owned(),
+            model: key.model.to_owned(),
+            user_id: key.user_id.to_owned(),
             source_partition: partition,
             source_batch_start: batch_start,
             batch_end: batch_end as u64,
@@ -288,7 +288,7 @@ pub fn compute(
             agent_run_id: generation.agent_run_id.clone(),
             application: generation.application.clone(),
             environment: generation.environment.clone(),
-            user_id,
+            user_id: generation.user_id.clone().unwrap_or_default(),
             session_id: generation.session_id.clone(),
             provider: generation.provider.clone(),
             model: generation.model.clone(),
