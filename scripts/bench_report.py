@@ -43,6 +43,16 @@ priority = priority_file.read_text().strip() if priority_file.exists() else "off
 print("- CPU priority: " + ("ingest and Kafka (the acknowledgement path) in a cgroup with 64 times the CPU weight of the processor, "
       "ClickHouse and Postgres (scripts/cpu-priority; weights only matter while the cores are busy)" if priority == "on"
       else "none (BENCH_CPU_PRIORITY=off): every process has the same weight"))
+jitters = [(when, json.loads((out / f"jitter-{when}.json").read_text())) for when in ("before", "after") if (out / f"jitter-{when}.json").exists()]
+if jitters:
+    print("- machine steadiness (`tally cpu-jitter`, stack idle; a fixed piece of computation on each core with pauses in between, "
+          "so every millisecond above the undisturbed time is the machine's, not Tally's): " + "; ".join(
+        f"{when} the scenarios, {j['undisturbed_ms']:.1f} ms pieces took p50 {j['p50_ms']:.1f} / p99 {j['p99_ms']:.1f} / "
+        f"p99.9 {j['p999_ms']:.1f} / max {j['max_ms']:.1f} ms, {j['over_5x_share'] * 100:.2f} % over 5x"
+        + ("" if j.get('on_cpu_p99_ms') is None else f" (counted by the guest kernel as time on the CPU: p99 {j['on_cpu_p99_ms']:.1f} / max {j['on_cpu_max_ms']:.1f} ms)")
+        + ", CPU steal "
+        + ("not reported" if j.get('steal_share') is None else f"{j['steal_share'] * 100:.2f} %")
+        for when, j in jitters))
 print(f"- load: {s.get('connections')} connections, {s.get('batch_size')}-event batches, JSON bodies, "
       f"{fmt(s.get('cache_hit_share'), 2)} cache-hit share, {fmt(s.get('duplicate_share'), 3)} duplicates, {fmt(s.get('invalid_share'), 3)} invalid\n")
 

@@ -26,7 +26,10 @@
 //! - [`services`]: processor `/metrics` scraping and `/proc` memory sampling.
 //! - [`report`]: the [`Report`] (serde, for `--json`) and its table.
 //! - [`query_bench`]: `tally query-bench`, the latency of the read endpoints.
+//! - [`cpu_jitter`]: `tally cpu-jitter`, how steady the machine's CPUs are (the floor under
+//!   every latency figure on a shared virtual machine).
 
+pub mod cpu_jitter;
 pub mod generator;
 pub mod probe;
 pub mod query_bench;

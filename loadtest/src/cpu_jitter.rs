@@ -1,0 +1,220 @@
+//! `tally cpu-jitter`: how steady this machine's CPUs are, as the floor under every latency
+//! figure the benchmarks report.
+//!
+//! On a shared virtual machine the hypervisor lends our vCPUs to other guests, and the guest
+//! counts the time it was away as the running thread's own CPU time. A request that needs 3 ms
+//! of CPU then sometimes takes 20 or 40 ms, with no scheduling delay, page fault or lock on our
+//! side (measured in ingest's prepare step, docs/performance-notes.md). No code change removes
+//! that tail, so the benchmark measures it and reports it next to the results: one thread per
+//! CPU repeats a fixed piece of pure computation (no memory allocation, no system call), sleeps
+//! a little between pieces the way a service waits for its next request, and records how long
+//! each piece took. On a quiet, dedicated machine every piece takes about as long as the
+//! fastest; the percentiles above that are what the machine adds.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::settings::parse_duration;
+
+#[derive(Debug, Args)]
+pub struct CpuJitterArgs {
+    /// How long to measure.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// CPU time of one piece of work on an undisturbed CPU, in milliseconds (calibrated at start).
+    #[arg(long, default_value_t = 2.0)]
+    pub work_ms: f64,
+    /// Pause between two pieces, in milliseconds (a service idling between requests).
+    #[arg(long, default_value_t = 5.0)]
+    pub idle_ms: f64,
+    /// Measuring threads; default one per CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CpuJitterReport {
+    pub threads: usize,
+    pub measured_secs: f64,
+    pub pieces: u64,
+    /// The fastest piece seen during calibration: the piece's cost on an undisturbed CPU.
+    pub undisturbed_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// The same pieces' time on the CPU as this guest's kernel counts it
+    /// (`/proc/thread-self/schedstat`): when these percentiles match the wall-clock ones, the
+    /// lost time was not spent waiting for a CPU behind other processes, but below the guest
+    /// (the hypervisor, or a busy host core). `None` where schedstat is not available.
+    pub on_cpu_p99_ms: Option<f64>,
+    pub on_cpu_max_ms: Option<f64>,
+    /// Share of pieces that took more than 5 times the undisturbed time.
+    pub over_5x_share: f64,
+    /// CPU steal reported by the kernel over the run (`/proc/stat`), when the hypervisor reports it.
+    pub steal_share: Option<f64>,
+}
+
+/// A fixed amount of integer work the optimiser cannot remove or shorten.
+fn work(iterations: u64) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..iterations {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    std::hint::black_box(x)
+}
+
+/// Iterations for one piece, and the fastest time of that piece (ms).
+fn calibrate(work_ms: f64) -> (u64, f64) {
+    let probe = 200_000u64;
+    let fastest = |iterations: u64| {
+        (0..30)
+            .map(|_| {
+                let start = Instant::now();
+                work(iterations);
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let per_iteration = fastest(probe) / probe as f64;
+    let iterations = ((work_ms / per_iteration) as u64).max(1);
+    (iterations, fastest(iterations))
+}
+
+/// This thread's (time on a CPU, time runnable but waiting for one), in nanoseconds.
+fn thread_schedstat() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut fields = text.split_whitespace().map(|field| field.parse::<u64>().ok());
+    Some((fields.next()??, fields.next()??))
+}
+
+/// (total, steal) jiffies of all CPUs from /proc/stat, where it exists.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    Some((fields.iter().take(8).sum(), *fields.get(7)?))
+}
+
+pub fn run(args: CpuJitterArgs) -> anyhow::Result<CpuJitterReport> {
+    anyhow::ensure!(args.work_ms > 0.0 && args.idle_ms >= 0.0, "--work-ms must be positive and --idle-ms not negative");
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1)).max(1);
+    let (iterations, undisturbed_ms) = calibrate(args.work_ms);
+    eprintln!(
+        "[cpu-jitter] {threads} thread(s), {:.2} ms pieces with {:.1} ms pauses, for {:?}",
+        undisturbed_ms, args.idle_ms, args.duration
+    );
+    let jiffies_before = cpu_jiffies();
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let idle = Duration::from_secs_f64(args.idle_ms / 1e3);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                // Microseconds, 1 µs to 10 s, 3 significant digits.
+                let mut wall = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).expect("valid histogram bounds");
+                let mut on_cpu = wall.clone();
+                while Instant::now() < deadline {
+                    let sched_before = thread_schedstat();
+                    let start = Instant::now();
+                    work(iterations);
+                    wall.saturating_record(start.elapsed().as_micros() as u64);
+                    if let (Some((run_before, _)), Some((run_after, _))) = (sched_before, thread_schedstat()) {
+                        on_cpu.saturating_record(run_after.saturating_sub(run_before) / 1_000);
+                    }
+                    std::thread::sleep(idle);
+                }
+                (wall, on_cpu)
+            })
+        })
+        .collect();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).expect("valid histogram bounds");
+    let mut all_on_cpu = all.clone();
+    for worker in workers {
+        let (wall, on_cpu) = worker.join().map_err(|_| anyhow::anyhow!("a measuring thread panicked"))?;
+        all.add(&wall).context("merging the threads' histograms")?;
+        all_on_cpu.add(&on_cpu).context("merging the threads' histograms")?;
+    }
+    let measured_secs = started.elapsed().as_secs_f64();
+    let steal_share = match (jiffies_before, cpu_jiffies()) {
+        (Some((total0, steal0)), Some((total1, steal1))) if total1 > total0 => {
+            Some((steal1 - steal0) as f64 / (total1 - total0) as f64)
+        }
+        _ => None,
+    };
+    let over_5x = all.count_between((undisturbed_ms * 5_000.0) as u64, u64::MAX);
+    let ms = |micros: u64| micros as f64 / 1e3;
+    let report = CpuJitterReport {
+        threads,
+        measured_secs,
+        pieces: all.len(),
+        undisturbed_ms,
+        p50_ms: ms(all.value_at_quantile(0.5)),
+        p99_ms: ms(all.value_at_quantile(0.99)),
+        p999_ms: ms(all.value_at_quantile(0.999)),
+        max_ms: ms(all.max()),
+        on_cpu_p99_ms: (!all_on_cpu.is_empty()).then(|| ms(all_on_cpu.value_at_quantile(0.99))),
+        on_cpu_max_ms: (!all_on_cpu.is_empty()).then(|| ms(all_on_cpu.max())),
+        over_5x_share: if all.is_empty() { 0.0 } else { over_5x as f64 / all.len() as f64 },
+        steal_share,
+    };
+    println!(
+        "cpu-jitter: {} pieces of {:.2} ms (undisturbed) on {} thread(s) in {:.0} s: p50 {:.2} ms, p99 {:.2} ms ({:.1}x), p99.9 {:.2} ms, max {:.2} ms; {:.2} % took over 5x; on the CPU as the kernel counts it: p99 {}, max {}; steal {}",
+        report.pieces,
+        report.undisturbed_ms,
+        report.threads,
+        report.measured_secs,
+        report.p50_ms,
+        report.p99_ms,
+        report.p99_ms / report.undisturbed_ms,
+        report.p999_ms,
+        report.max_ms,
+        report.over_5x_share * 100.0,
+        report.on_cpu_p99_ms.map_or("-".to_string(), |v| format!("{v:.2} ms")),
+        report.on_cpu_max_ms.map_or("-".to_string(), |v| format!("{v:.2} ms")),
+        report.steal_share.map_or("not reported".to_string(), |s| format!("{:.2} %", s * 100.0)),
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_scales_iterations_with_the_requested_time() {
+        let (short, _) = calibrate(0.2);
+        let (long, _) = calibrate(2.0);
+        // Ten times the time is about ten times the work; a noisy machine bends it, not by 3x.
+        let ratio = long as f64 / short as f64;
+        assert!((3.0..30.0).contains(&ratio), "0.2 ms -> {short} iterations, 2 ms -> {long}");
+    }
+
+    #[test]
+    fn a_short_run_measures_pieces_and_orders_its_percentiles() {
+        let report = run(CpuJitterArgs {
+            duration: Duration::from_millis(300),
+            work_ms: 0.5,
+            idle_ms: 0.5,
+            threads: Some(1),
+            json: None,
+        })
+        .unwrap();
+        assert!(report.pieces >= 10, "{report:?}");
+        assert!(report.p50_ms <= report.p99_ms && report.p99_ms <= report.p999_ms && report.p999_ms <= report.max_ms, "{report:?}");
+        assert!(report.undisturbed_ms > 0.0 && report.max_ms >= report.undisturbed_ms * 0.9, "{report:?}");
+    }
+}
