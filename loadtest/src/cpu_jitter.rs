@@ -45,7 +45,7 @@ pub struct CpuJitterReport {
     pub threads: usize,
     pub measured_secs: f64,
     pub pieces: u64,
-    /// The fastest piece seen during calibration: the piece's cost on an undisturbed CPU.
+    /// The fastest piece of the run: the piece's cost on an undisturbed CPU.
     pub undisturbed_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -109,10 +109,10 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 pub fn run(args: CpuJitterArgs) -> anyhow::Result<CpuJitterReport> {
     anyhow::ensure!(args.work_ms > 0.0 && args.idle_ms >= 0.0, "--work-ms must be positive and --idle-ms not negative");
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1)).max(1);
-    let (iterations, undisturbed_ms) = calibrate(args.work_ms);
+    let (iterations, calibrated_ms) = calibrate(args.work_ms);
     eprintln!(
         "[cpu-jitter] {threads} thread(s), {:.2} ms pieces with {:.1} ms pauses, for {:?}",
-        undisturbed_ms, args.idle_ms, args.duration
+        calibrated_ms, args.idle_ms, args.duration
     );
     let jiffies_before = cpu_jiffies();
     let started = Instant::now();
@@ -152,6 +152,9 @@ pub fn run(args: CpuJitterArgs) -> anyhow::Result<CpuJitterReport> {
         }
         _ => None,
     };
+    // The fastest piece of the whole run, not of the calibration: a slow spell during the 30
+    // calibration pieces would otherwise make every later piece look undisturbed.
+    let undisturbed_ms = if all.is_empty() { calibrated_ms } else { all.min() as f64 / 1e3 };
     let over_5x = all.count_between((undisturbed_ms * 5_000.0) as u64, u64::MAX);
     let ms = |micros: u64| micros as f64 / 1e3;
     let report = CpuJitterReport {
@@ -215,6 +218,8 @@ mod tests {
         .unwrap();
         assert!(report.pieces >= 10, "{report:?}");
         assert!(report.p50_ms <= report.p99_ms && report.p99_ms <= report.p999_ms && report.p999_ms <= report.max_ms, "{report:?}");
-        assert!(report.undisturbed_ms > 0.0 && report.max_ms >= report.undisturbed_ms * 0.9, "{report:?}");
+        // Calibrated to 0.5 ms: the typical piece is near that, even on a noisy machine.
+        assert!((0.1..5.0).contains(&report.p50_ms), "{report:?}");
+        assert!(report.undisturbed_ms > 0.0 && report.undisturbed_ms <= report.p50_ms, "{report:?}");
     }
 }
