@@ -120,11 +120,18 @@ async fn scenario(stack: &PrivateStack, service: &str) -> String {
 /// A failed scenario leaves its services running; dropping them while the runtime shuts down
 /// was seen to block forever in librdkafka's consumer close, turning a failure into a hang. This
 /// binary has one test, so a panic ends the process once it is reported.
+///
+/// The message goes straight to the process's stderr: the test harness captures `eprintln!`
+/// (and the default hook's report) of a test thread and prints it only when the test returns,
+/// which `exit` prevents, so a failure would otherwise end the run without saying why.
 fn exit_on_panic() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        eprintln!("outages: exiting after the panic above (services of the failed scenario are not shut down)");
+    std::panic::set_hook(Box::new(|info| {
+        use std::io::Write;
+        let message = format!(
+            "\noutages: panicked: {info}\n{}\noutages: exiting after the panic above (services of the failed scenario are not shut down)\n",
+            std::backtrace::Backtrace::capture()
+        );
+        let _ = std::io::stderr().lock().write_all(message.as_bytes());
         std::process::exit(101);
     }));
 }

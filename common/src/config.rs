@@ -350,6 +350,16 @@ mod tests {
     }
 
     #[test]
+    fn compression_names_are_checked_and_clickhouse_defaults_to_none() {
+        let defaults = || Figment::from(Serialized::defaults(Config::default()));
+        assert_eq!(Config::extract(defaults()).unwrap().clickhouse.compression, "none");
+        let lz4 = Config::extract(defaults().merge(Serialized::default("clickhouse.compression", "lz4"))).unwrap();
+        assert_eq!(lz4.clickhouse.compression, "lz4");
+        let error = Config::extract(defaults().merge(Serialized::default("clickhouse.compression", "zstd"))).unwrap_err().to_string();
+        assert!(error.contains("clickhouse.compression") && error.contains("zstd"), "{error}");
+    }
+
+    #[test]
     fn secrets_are_not_echoed_in_errors() {
         let figment = Figment::from(Serialized::defaults(Config::default())).merge(Serialized::default("clickhouse.password", 424242));
         let error = Config::extract(figment).unwrap_err().to_string();
