@@ -47,9 +47,9 @@ jitters = [(when, json.loads((out / f"jitter-{when}.json").read_text())) for whe
 if jitters:
     print("- machine steadiness (`tally cpu-jitter`, stack idle; a fixed piece of computation on each core with pauses in between, "
           "so every millisecond above the undisturbed time is the machine's, not Tally's): " + "; ".join(
-        f"{when} the scenarios, {j['undisturbed_ms']:.1f} ms pieces took p50 {j['p50_ms']:.1f} / p99 {j['p99_ms']:.1f} / "
-        f"p99.9 {j['p999_ms']:.1f} / max {j['max_ms']:.1f} ms, {j['over_5x_share'] * 100:.2f} % over 5x"
-        + ("" if j.get('on_cpu_p99_ms') is None else f" (counted by the guest kernel as time on the CPU: p99 {j['on_cpu_p99_ms']:.1f} / max {j['on_cpu_max_ms']:.1f} ms)")
+        f"{when} the scenarios, {j['undisturbed_ms']:.1f} ms pieces took p50 {j['wall_ms']['p50']:.1f} / p99 {j['wall_ms']['p99']:.1f} / "
+        f"p99.9 {j['wall_p999_ms']:.1f} / max {j['wall_ms']['max']:.1f} ms, {j['over_5x_share'] * 100:.2f} % over 5x"
+        + f" (counted by the guest kernel as time on the CPU: p99 {j['on_cpu_ms']['p99']:.1f} / max {j['on_cpu_ms']['max']:.1f} ms)"
         + ", CPU steal "
         + ("not reported" if j.get('steal_share') is None else f"{j['steal_share'] * 100:.2f} %")
         for when, j in jitters))

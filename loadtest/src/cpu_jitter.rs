@@ -19,6 +19,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::report::Percentiles;
 use crate::settings::parse_duration;
 
 #[derive(Debug, Args)]
@@ -44,19 +45,16 @@ pub struct CpuJitterArgs {
 pub struct CpuJitterReport {
     pub threads: usize,
     pub measured_secs: f64,
-    pub pieces: u64,
     /// The fastest piece of the run: the piece's cost on an undisturbed CPU.
     pub undisturbed_ms: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    pub max_ms: f64,
-    /// The same pieces' time on the CPU as this guest's kernel counts it
-    /// (`/proc/thread-self/schedstat`): when these percentiles match the wall-clock ones, the
-    /// lost time was not spent waiting for a CPU behind other processes, but below the guest
-    /// (the hypervisor, or a busy host core). `None` where schedstat is not available.
-    pub on_cpu_p99_ms: Option<f64>,
-    pub on_cpu_max_ms: Option<f64>,
+    /// Wall-clock time per piece (`samples` is the number of pieces).
+    pub wall_ms: Percentiles,
+    pub wall_p999_ms: f64,
+    /// The same pieces' time on the CPU as this guest's kernel counts it (the thread's CPU
+    /// clock): when these percentiles match the wall-clock ones, the lost time was not spent
+    /// waiting for a CPU behind other processes, but below the guest (the hypervisor, or a busy
+    /// host core).
+    pub on_cpu_ms: Percentiles,
     /// Share of pieces that took more than 5 times the undisturbed time.
     pub over_5x_share: f64,
     /// CPU steal reported by the kernel over the run (`/proc/stat`), when the hypervisor reports it.
@@ -92,11 +90,10 @@ fn calibrate(work_ms: f64) -> (u64, f64) {
     (iterations, fastest(iterations))
 }
 
-/// This thread's (time on a CPU, time runnable but waiting for one), in nanoseconds.
-fn thread_schedstat() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let mut fields = text.split_whitespace().map(|field| field.parse::<u64>().ok());
-    Some((fields.next()??, fields.next()??))
+/// This thread's CPU time so far, in microseconds.
+fn thread_cpu_micros() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
 /// (total, steal) jiffies of all CPUs from /proc/stat, where it exists.
@@ -125,13 +122,11 @@ pub fn run(args: CpuJitterArgs) -> anyhow::Result<CpuJitterReport> {
                 let mut wall = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).expect("valid histogram bounds");
                 let mut on_cpu = wall.clone();
                 while Instant::now() < deadline {
-                    let sched_before = thread_schedstat();
+                    let cpu_before = thread_cpu_micros();
                     let start = Instant::now();
                     work(iterations);
                     wall.saturating_record(start.elapsed().as_micros() as u64);
-                    if let (Some((run_before, _)), Some((run_after, _))) = (sched_before, thread_schedstat()) {
-                        on_cpu.saturating_record(run_after.saturating_sub(run_before) / 1_000);
-                    }
+                    on_cpu.saturating_record(thread_cpu_micros().saturating_sub(cpu_before));
                     std::thread::sleep(idle);
                 }
                 (wall, on_cpu)
@@ -156,35 +151,30 @@ pub fn run(args: CpuJitterArgs) -> anyhow::Result<CpuJitterReport> {
     // calibration pieces would otherwise make every later piece look undisturbed.
     let undisturbed_ms = if all.is_empty() { calibrated_ms } else { all.min() as f64 / 1e3 };
     let over_5x = all.count_between((undisturbed_ms * 5_000.0) as u64, u64::MAX);
-    let ms = |micros: u64| micros as f64 / 1e3;
+    let wall_ms = Percentiles::from_micros(&all);
     let report = CpuJitterReport {
         threads,
         measured_secs,
-        pieces: all.len(),
         undisturbed_ms,
-        p50_ms: ms(all.value_at_quantile(0.5)),
-        p99_ms: ms(all.value_at_quantile(0.99)),
-        p999_ms: ms(all.value_at_quantile(0.999)),
-        max_ms: ms(all.max()),
-        on_cpu_p99_ms: (!all_on_cpu.is_empty()).then(|| ms(all_on_cpu.value_at_quantile(0.99))),
-        on_cpu_max_ms: (!all_on_cpu.is_empty()).then(|| ms(all_on_cpu.max())),
+        wall_p999_ms: all.value_at_quantile(0.999) as f64 / 1e3,
+        on_cpu_ms: Percentiles::from_micros(&all_on_cpu),
         over_5x_share: if all.is_empty() { 0.0 } else { over_5x as f64 / all.len() as f64 },
         steal_share,
+        wall_ms,
     };
     println!(
-        "cpu-jitter: {} pieces of {:.2} ms (undisturbed) on {} thread(s) in {:.0} s: p50 {:.2} ms, p99 {:.2} ms ({:.1}x), p99.9 {:.2} ms, max {:.2} ms; {:.2} % took over 5x; on the CPU as the kernel counts it: p99 {}, max {}; steal {}",
-        report.pieces,
+        "cpu-jitter: {} pieces of {:.2} ms (undisturbed) on {} thread(s) in {:.0} s: p50 {:.2} ms, p99 {:.2} ms ({:.1}x), p99.9 {:.2} ms, max {:.2} ms; {:.2} % took over 5x; on the CPU as the kernel counts it: {}; steal {}",
+        report.wall_ms.samples,
         report.undisturbed_ms,
         report.threads,
         report.measured_secs,
-        report.p50_ms,
-        report.p99_ms,
-        report.p99_ms / report.undisturbed_ms,
-        report.p999_ms,
-        report.max_ms,
+        report.wall_ms.p50,
+        report.wall_ms.p99,
+        report.wall_ms.p99 / report.undisturbed_ms,
+        report.wall_p999_ms,
+        report.wall_ms.max,
         report.over_5x_share * 100.0,
-        report.on_cpu_p99_ms.map_or("-".to_string(), |v| format!("{v:.2} ms")),
-        report.on_cpu_max_ms.map_or("-".to_string(), |v| format!("{v:.2} ms")),
+        format!("p99 {:.2} ms, max {:.2} ms", report.on_cpu_ms.p99, report.on_cpu_ms.max),
         report.steal_share.map_or("not reported".to_string(), |s| format!("{:.2} %", s * 100.0)),
     );
     if let Some(path) = &args.json {
@@ -216,10 +206,14 @@ mod tests {
             json: None,
         })
         .unwrap();
-        assert!(report.pieces >= 10, "{report:?}");
-        assert!(report.p50_ms <= report.p99_ms && report.p99_ms <= report.p999_ms && report.p999_ms <= report.max_ms, "{report:?}");
+        let wall = &report.wall_ms;
+        assert!(wall.samples >= 10, "{report:?}");
+        assert!(wall.p50 <= wall.p99 && wall.p99 <= report.wall_p999_ms && report.wall_p999_ms <= wall.max, "{report:?}");
         // Calibrated to 0.5 ms: the typical piece is near that, even on a noisy machine.
-        assert!((0.1..5.0).contains(&report.p50_ms), "{report:?}");
-        assert!(report.undisturbed_ms > 0.0 && report.undisturbed_ms <= report.p50_ms, "{report:?}");
+        assert!((0.1..5.0).contains(&wall.p50), "{report:?}");
+        assert!(report.undisturbed_ms > 0.0 && report.undisturbed_ms <= wall.p50, "{report:?}");
+        // Pure computation: its CPU time is close to its wall time, and never much above it.
+        assert_eq!(report.on_cpu_ms.samples, wall.samples);
+        assert!(report.on_cpu_ms.p50 > wall.p50 * 0.5 && report.on_cpu_ms.p50 <= wall.p50 * 1.1, "{report:?}");
     }
 }
