@@ -203,8 +203,8 @@ fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String,
                 message_index.push(position);
             }
             Err(error) => {
-                let path = if ndjson { format!("$[{}]", event.index) } else { format!("$.events[{}]", event.index) };
-                event.outcome = Err(parse::EventError { code: "invalid_field", path, message: error.to_string() });
+                let path = parse::event_path(ndjson, event.index);
+                event.outcome = Err(parse::EventError { code: parse::ErrorCode::InvalidField, path, message: error.to_string() });
             }
         }
     }
@@ -280,8 +280,8 @@ fn answer(state: &IngestState, prepared: Prepared, produced: Vec<Result<(), Prod
             }
             (Err(error), _) => {
                 rejected += 1;
-                state.metrics.events.with_label_values(&[error.code]).inc();
-                ("rejected", Some(EventResultError { code: error.code, path: Some(error.path), message: error.message }))
+                state.metrics.events.with_label_values(&[error.code.as_str()]).inc();
+                ("rejected", Some(EventResultError { code: error.code.as_str(), path: Some(error.path), message: error.message }))
             }
         };
         results.push(EventResult { index: event.index, event_id: event.event_id, status, error });
