@@ -175,6 +175,12 @@ pub struct IngestConfig {
     pub max_metadata_value_bytes: usize,
     /// How long an API key lookup is cached; a revoked key stops working within this time.
     pub key_cache_secs: u64,
+    /// Oldest accepted event time, in days before the request was received (older times are
+    /// rejected `out_of_window`); a backfill of older events needs a larger value.
+    pub accept_past_days: u32,
+    /// Latest accepted event time, in seconds after the request was received (client clocks
+    /// run ahead; a generation may be reported before it ends).
+    pub accept_future_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -187,6 +193,8 @@ impl Default for IngestConfig {
             max_metadata_entries: 64,
             max_metadata_value_bytes: 4096,
             key_cache_secs: 30,
+            accept_past_days: 400,
+            accept_future_secs: 3600,
         }
     }
 }
@@ -209,6 +217,14 @@ pub struct ProcessorConfig {
     /// Independent writers, each for the partitions `p % write_lanes`; with 2, one lane's
     /// Postgres claim overlaps the other's ClickHouse insert.
     pub write_lanes: usize,
+    /// Most monthly partitions one ClickHouse insert touches: a batch whose rows span more is
+    /// written in several inserts (current ClickHouse refuses an insert into more than 100
+    /// partitions, `max_partitions_per_insert_block`).
+    pub max_partitions_per_insert: usize,
+    /// Largest merged `metadata` of an agent run, in bytes of its jsonb value: a run reported
+    /// again and again with new keys stops gaining keys there (existing keys still update)
+    /// instead of growing toward Postgres' jsonb limit.
+    pub max_run_metadata_bytes: usize,
 }
 
 impl Default for ProcessorConfig {
@@ -221,6 +237,8 @@ impl Default for ProcessorConfig {
             max_retry_backoff_ms: 5_000,
             compaction_interval_ms: 10_000,
             write_lanes: 2,
+            max_partitions_per_insert: 50,
+            max_run_metadata_bytes: 65_536,
         }
     }
 }
@@ -310,11 +328,17 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!("log.format must be text or json, not {:?}", self.log.format)));
         }
+        if self.processor.max_partitions_per_insert == 0 || self.processor.max_partitions_per_insert > 100 {
+            return Err(ConfigError::Invalid("processor.max_partitions_per_insert must be between 1 and 100".into()));
+        }
         if self.processor.price_refresh_secs == 0 {
             return Err(ConfigError::Invalid("processor.price_refresh_secs must be at least 1".into()));
         }
         if self.ingest.max_events_per_request == 0 || self.processor.batch_max_events == 0 {
             return Err(ConfigError::Invalid("batch sizes must be at least 1".into()));
+        }
+        if self.ingest.accept_past_days == 0 {
+            return Err(ConfigError::Invalid("ingest.accept_past_days must be at least 1 (0 would reject every event as too old)".into()));
         }
         if !matches!(self.clickhouse.compression.as_str(), "lz4" | "none") {
             return Err(ConfigError::Invalid(format!("clickhouse.compression {:?} is not one of lz4, none", self.clickhouse.compression)));
@@ -357,6 +381,17 @@ mod tests {
         assert_eq!(lz4.clickhouse.compression, "lz4");
         let error = Config::extract(defaults().merge(Serialized::default("clickhouse.compression", "zstd"))).unwrap_err().to_string();
         assert!(error.contains("clickhouse.compression") && error.contains("zstd"), "{error}");
+    }
+
+    #[test]
+    fn the_ingest_time_window_has_defaults_and_is_checked() {
+        let defaults = || Figment::from(Serialized::defaults(Config::default()));
+        let config = Config::extract(defaults()).unwrap();
+        assert_eq!((config.ingest.accept_past_days, config.ingest.accept_future_secs), (400, 3600));
+        let config = Config::extract(defaults().merge(Toml::string("[ingest]\naccept_past_days = 3650\naccept_future_secs = 0\n"))).unwrap();
+        assert_eq!((config.ingest.accept_past_days, config.ingest.accept_future_secs), (3650, 0));
+        let error = Config::extract(defaults().merge(Serialized::default("ingest.accept_past_days", 0))).unwrap_err().to_string();
+        assert!(error.contains("ingest.accept_past_days"), "{error}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub const POSTGRES: &[MigrationFile] = &[migration!("postgres", "0001_init.sql")
 
 /// ClickHouse migrations, in order. `{db}` is replaced by the configured database name.
 pub const CLICKHOUSE: &[MigrationFile] =
-    &[migration!("clickhouse", "0001_init.sql"), migration!("clickhouse", "0002_rollup_compaction.sql")];
+    &[migration!("clickhouse", "0001_init.sql"), migration!("clickhouse", "0002_rollup_compaction.sql"), migration!("clickhouse", "0003_probe_tables.sql")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

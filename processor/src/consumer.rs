@@ -282,6 +282,7 @@ async fn write_with_retry(
                 sink.metrics.messages.with_label_values(&["counted"]).inc_by(report.counted);
                 sink.metrics.messages.with_label_values(&["duplicate"]).inc_by(report.duplicates);
                 sink.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(report.dead_lettered);
+                sink.metrics.messages.with_label_values(&["rejected"]).inc_by(report.rejected);
                 sink.metrics.unpriced.inc_by(report.unpriced);
                 // `store_offsets` stores the next offset to read as given (the single-offset
                 // `store_offset` would store offset + 1 and make a new owner skip a message).

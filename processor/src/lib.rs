@@ -96,6 +96,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         topic: config.kafka.topic.clone(),
         dead_letter_topic: config.kafka.dead_letter_topic.clone(),
         metrics,
+        limits: sink::SinkLimits {
+            max_partitions_per_insert: config.processor.max_partitions_per_insert,
+            max_run_metadata_bytes: config.processor.max_run_metadata_bytes,
+        },
     };
     consumer::run(config, consumer, revoked, sink, price_receiver, shutdown).await;
     let _ = http.await;

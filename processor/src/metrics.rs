@@ -5,10 +5,14 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVe
 
 #[derive(Clone)]
 pub struct ProcessorMetrics {
-    /// Messages by outcome: counted, duplicate, dead_lettered.
+    /// Messages by outcome: counted, duplicate, dead_lettered (undecodable), rejected (decoded
+    /// but refused by the checks or by a store).
     pub messages: IntCounterVec,
     pub unpriced: IntCounter,
-    pub dead_lettered: IntCounter,
+    /// Messages sent to the dead-letter topic, by kind (undecodable, rejected).
+    pub dead_lettered: IntCounterVec,
+    /// Searches for the events a store refused, by outcome (found, not_reproduced).
+    pub isolations: IntCounterVec,
     pub batch_messages: Histogram,
     pub batch_seconds: Histogram,
     /// Time per step of the write protocol (claim, compute, clickhouse, dead_letter, commit).
@@ -31,7 +35,14 @@ impl ProcessorMetrics {
         let metrics = Self {
             messages: IntCounterVec::new(Opts::new("tally_processor_messages_total", "Messages processed, by outcome"), &["outcome"])?,
             unpriced: IntCounter::new("tally_processor_unpriced_generations_total", "Generations without a price (cost left null)")?,
-            dead_lettered: IntCounter::new("tally_processor_dead_lettered_total", "Undecodable messages sent to the dead-letter topic")?,
+            dead_lettered: IntCounterVec::new(
+                Opts::new("tally_processor_dead_lettered_total", "Messages sent to the dead-letter topic, by kind (undecodable, rejected)"),
+                &["kind"],
+            )?,
+            isolations: IntCounterVec::new(
+                Opts::new("tally_processor_isolations_total", "Searches for the events whose values a store refused, by outcome"),
+                &["outcome"],
+            )?,
             batch_messages: Histogram::with_opts(
                 HistogramOpts::new("tally_processor_batch_messages", "Messages per written batch")
                     .buckets(vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0]),
@@ -59,6 +70,7 @@ impl ProcessorMetrics {
         registry.register(Box::new(metrics.messages.clone()))?;
         registry.register(Box::new(metrics.unpriced.clone()))?;
         registry.register(Box::new(metrics.dead_lettered.clone()))?;
+        registry.register(Box::new(metrics.isolations.clone()))?;
         registry.register(Box::new(metrics.batch_messages.clone()))?;
         registry.register(Box::new(metrics.batch_seconds.clone()))?;
         registry.register(Box::new(metrics.store_errors.clone()))?;

@@ -144,6 +144,34 @@ pub struct RollupRow {
     pub latency_bucket_counts: Vec<u64>,
 }
 
+impl RollupRow {
+    /// The dimensions and hour: what identifies the row within its batch.
+    pub fn key(&self) -> (&str, u32, &str, &str, &str, &str, &str) {
+        (&self.project_id, self.hour, &self.application, &self.environment, &self.provider, &self.model, &self.user_id)
+    }
+
+    /// The same row with every metric zero: written over a row whose only events were refused.
+    pub fn zeroed(&self) -> RollupRow {
+        RollupRow {
+            requests: 0,
+            errors: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_input_tokens: 0,
+            cache_creation_input_tokens: 0,
+            reasoning_tokens: 0,
+            cache_hits: 0,
+            cost: 0,
+            priced_requests: 0,
+            client_cost_requests: 0,
+            unpriced_requests: 0,
+            latency_bucket_ids: Vec::new(),
+            latency_bucket_counts: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
 /// Totals a batch adds to one agent run (from its generations).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunDelta {
@@ -161,6 +189,46 @@ pub struct RunDelta {
     pub last_generation_us: i64,
 }
 
+/// An event of the batch that the stores cannot hold as it is (see [`check_generation`]): it is
+/// left out of every output and sent to the dead-letter topic with `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub offset: i64,
+    pub reason: String,
+}
+
+/// The range of ClickHouse `DateTime` (seconds in a `UInt32`), in epoch microseconds. A
+/// generation outside it would be stored wrapped (2150-06-01 as 2014-04-24).
+pub const DATETIME_RANGE_US: std::ops::RangeInclusive<i64> = 0..=(u32::MAX as i64) * 1_000_000 + 999_999;
+
+/// Why a generation cannot be stored as it is, if it cannot: its times must fit ClickHouse's
+/// `DateTime` and its counts must not be negative. Ingest refuses such events (with a window
+/// relative to receipt); this guards against events that reach the topic another way (an older
+/// ingest, `tally dlq replay`, another producer).
+pub fn check_generation(generation: &Generation) -> Result<(), String> {
+    if !DATETIME_RANGE_US.contains(&generation.start_time_us) {
+        return Err(format!(
+            "start_time ({} us since the epoch) is outside ClickHouse DateTime's range 1970-01-01T00:00:00Z..2106-02-07T06:28:15Z",
+            generation.start_time_us
+        ));
+    }
+    if generation.duration_us < 0 || generation.start_time_us.checked_add(generation.duration_us).is_none() {
+        return Err(format!("duration_us ({}) is negative or overflows the end time", generation.duration_us));
+    }
+    for (name, value) in [
+        ("input_tokens", generation.input_tokens),
+        ("output_tokens", generation.output_tokens),
+        ("cache_read_input_tokens", generation.cache_read_input_tokens),
+        ("cache_creation_input_tokens", generation.cache_creation_input_tokens),
+        ("reasoning_tokens", generation.reasoning_tokens),
+    ] {
+        if value < 0 {
+            return Err(format!("{name} ({value}) is negative"));
+        }
+    }
+    Ok(())
+}
+
 /// Everything one partition's batch writes.
 #[derive(Debug, Default)]
 pub struct BatchOutput {
@@ -172,6 +240,37 @@ pub struct BatchOutput {
     pub run_events: BTreeMap<(String, String), AgentRun>,
     pub priced: u64,
     pub unpriced: u64,
+    /// Events left out: invalid for the stores, or whose sums would overflow a column.
+    pub rejected: Vec<Rejected>,
+}
+
+/// The token counts of a generation in the order of the sum columns of [`RollupRow`] and
+/// [`RunDelta`].
+fn token_counts(generation: &Generation) -> [i64; 5] {
+    [
+        generation.input_tokens,
+        generation.output_tokens,
+        generation.cache_read_input_tokens,
+        generation.cache_creation_input_tokens,
+        generation.reasoning_tokens,
+    ]
+}
+
+/// `sums + counts`, or `None` if any column would overflow (then nothing is added).
+fn checked_sums<T: Copy>(sums: [T; 5], counts: [i64; 5], add: impl Fn(T, i64) -> Option<T>) -> Option<[T; 5]> {
+    let mut next = sums;
+    for (sum, count) in next.iter_mut().zip(counts) {
+        *sum = add(*sum, count)?;
+    }
+    Some(next)
+}
+
+fn row_token_sums(row: &RollupRow) -> [u64; 5] {
+    [row.input_tokens, row.output_tokens, row.cache_read_input_tokens, row.cache_creation_input_tokens, row.reasoning_tokens]
+}
+
+fn delta_token_sums(delta: &RunDelta) -> [i64; 5] {
+    [delta.input_tokens, delta.output_tokens, delta.cache_read_input_tokens, delta.cache_creation_input_tokens, delta.reasoning_tokens]
 }
 
 /// Aggregates the counted events of one partition batch `[batch_start, batch_end)`.
@@ -187,11 +286,12 @@ pub fn compute(
     let mut output = BatchOutput::default();
     let mut rollups: HashMap<RollupKey<'_>, RollupRow> = HashMap::new();
     for (offset, generation) in generations {
-        let (cost, source) = price_generation(generation, prices);
-        match source {
-            CostSource::Unpriced => output.unpriced += 1,
-            _ => output.priced += 1,
+        if let Err(reason) = check_generation(generation) {
+            output.rejected.push(Rejected { offset: *offset, reason });
+            continue;
         }
+        let counts = token_counts(generation);
+        let user_id = generation.user_id.as_deref().unwrap_or_default();
         let hour_start = (generation.start_time_us.div_euclid(3_600_000_000) * 3_600) as u32;
         let key = RollupKey {
             project_id: &generation.project_id,
@@ -200,8 +300,31 @@ pub fn compute(
             environment: &generation.environment,
             provider: &generation.provider,
             model: &generation.model,
-            user_id: generation.user_id.as_deref().unwrap_or_default(),
+            user_id,
         };
+        // Sums that would overflow their column reject the event that overflows them, before
+        // anything of it is added: a hostile or broken client must not wrap a total.
+        let row_sums = match rollups.get(&key) {
+            Some(row) => checked_sums(row_token_sums(row), counts, |sum: u64, count| sum.checked_add(count as u64)),
+            None => Some(counts.map(|count| count as u64)),
+        };
+        let run_key = generation.agent_run_id.as_ref().map(|run_id| (generation.project_id.clone(), run_id.clone()));
+        let run_sums = match run_key.as_ref().and_then(|key| output.run_deltas.get(key)) {
+            Some(delta) => checked_sums(delta_token_sums(delta), counts, i64::checked_add),
+            None => Some(counts),
+        };
+        let (Some(row_sums), Some(run_sums)) = (row_sums, run_sums) else {
+            output.rejected.push(Rejected {
+                offset: *offset,
+                reason: "its token counts would overflow a 64-bit total of the batch (cost rollup or agent run)".into(),
+            });
+            continue;
+        };
+        let (cost, source) = price_generation(generation, prices);
+        match source {
+            CostSource::Unpriced => output.unpriced += 1,
+            _ => output.priced += 1,
+        }
         let row = rollups.entry(key).or_insert_with(|| RollupRow {
             project_id: key.project_id.to_owned(),
             hour: key.hour,
@@ -231,11 +354,8 @@ pub fn compute(
         let is_error = generation.status == GenerationStatus::Error;
         row.requests += 1;
         row.errors += u64::from(is_error);
-        row.input_tokens += generation.input_tokens as u64;
-        row.output_tokens += generation.output_tokens as u64;
-        row.cache_read_input_tokens += generation.cache_read_input_tokens as u64;
-        row.cache_creation_input_tokens += generation.cache_creation_input_tokens as u64;
-        row.reasoning_tokens += generation.reasoning_tokens as u64;
+        [row.input_tokens, row.output_tokens, row.cache_read_input_tokens, row.cache_creation_input_tokens, row.reasoning_tokens] =
+            row_sums;
         row.cache_hits += u64::from(matches!(generation.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit));
         match source {
             CostSource::Priced => row.priced_requests += 1,
@@ -254,8 +374,8 @@ pub fn compute(
             }
         }
 
-        if let Some(run_id) = &generation.agent_run_id {
-            let delta = output.run_deltas.entry((generation.project_id.clone(), run_id.clone())).or_insert_with(|| RunDelta {
+        if let Some(run_key) = run_key {
+            let delta = output.run_deltas.entry(run_key).or_insert_with(|| RunDelta {
                 first_generation_us: generation.start_time_us,
                 last_generation_us: generation.start_time_us,
                 ..Default::default()
@@ -265,11 +385,8 @@ pub fn compute(
             }
             delta.generation_count += 1;
             delta.error_count += i64::from(is_error);
-            delta.input_tokens += generation.input_tokens;
-            delta.output_tokens += generation.output_tokens;
-            delta.cache_read_input_tokens += generation.cache_read_input_tokens;
-            delta.cache_creation_input_tokens += generation.cache_creation_input_tokens;
-            delta.reasoning_tokens += generation.reasoning_tokens;
+            [delta.input_tokens, delta.output_tokens, delta.cache_read_input_tokens, delta.cache_creation_input_tokens, delta.reasoning_tokens] =
+                run_sums;
             match cost {
                 Some(cost) => delta.cost += cost,
                 None => delta.unpriced_count += 1,
@@ -292,7 +409,8 @@ pub fn compute(
             session_id: generation.session_id.clone(),
             provider: generation.provider.clone(),
             model: generation.model.clone(),
-            start_time: (generation.start_time_us.div_euclid(1_000_000)).max(0) as u32,
+            // In range: checked by `check_generation`.
+            start_time: generation.start_time_us.div_euclid(1_000_000) as u32,
             start_time_us: generation.start_time_us,
             duration_us: generation.duration_us,
             time_to_first_token_us: generation.time_to_first_token_us,
@@ -343,6 +461,76 @@ mod tests {
             let index = latency_bucket((duration_ms * 1000.0) as i64);
             assert!(duration_ms < bucket_upper_ms(index) && duration_ms >= bucket_upper_ms(index - 1), "{duration_ms} {index}");
         }
+    }
+
+    fn generation(offset: i64, start_time_us: i64, input_tokens: i64, run: Option<&str>) -> Generation {
+        Generation {
+            event_id: format!("00000000-0000-0000-0000-{offset:012}"),
+            project_id: "p".into(),
+            trace_id: "t".into(),
+            span_id: None,
+            parent_span_id: None,
+            agent_run_id: run.map(str::to_owned),
+            application: "a".into(),
+            environment: "e".into(),
+            user_id: None,
+            session_id: None,
+            provider: "openai".into(),
+            model: "m".into(),
+            start_time_us,
+            duration_us: 1_000,
+            time_to_first_token_us: None,
+            input_tokens,
+            output_tokens: 0,
+            cache_read_input_tokens: 0,
+            cache_creation_input_tokens: 0,
+            reasoning_tokens: 0,
+            client_cost: None,
+            status: GenerationStatus::Ok,
+            error_type: None,
+            cache_status: CacheStatus::None,
+            cache_similarity: None,
+            metadata: Default::default(),
+            received_at_us: start_time_us,
+        }
+    }
+
+    #[test]
+    fn events_the_stores_cannot_hold_are_rejected_with_the_reason() {
+        let now = 1_793_527_200_000_000;
+        let events = [
+            generation(0, now, 10, None),
+            generation(1, 5_715_360_000_000_000, 10, None), // 2151: past u32 seconds
+            generation(2, -1, 10, None),
+            generation(3, now, -5, None),
+            generation(4, now, 20, None),
+        ];
+        let refs: Vec<(i64, &Generation)> = events.iter().enumerate().map(|(offset, g)| (offset as i64, g)).collect();
+        let output = compute(0, 0, 5, &refs, &[], &PriceTable::from_rows(Vec::new()));
+        let rejected: Vec<i64> = output.rejected.iter().map(|rejected| rejected.offset).collect();
+        assert_eq!(rejected, [1, 2, 3]);
+        assert!(output.rejected[0].reason.contains("outside ClickHouse DateTime"), "{}", output.rejected[0].reason);
+        assert!(output.rejected[2].reason.contains("input_tokens (-5) is negative"), "{}", output.rejected[2].reason);
+        assert_eq!(output.generations.len(), 2);
+        assert_eq!(output.rollups.iter().map(|row| row.input_tokens).sum::<u64>(), 30);
+        assert!(output.generations.iter().all(|row| i64::from(row.start_time) * 1_000_000 <= now));
+    }
+
+    #[test]
+    fn a_generation_that_would_overflow_a_total_is_rejected_and_adds_nothing() {
+        let now = 1_793_527_200_000_000;
+        let events = [
+            generation(0, now, i64::MAX - 10, Some("run")),
+            generation(1, now, 100, Some("run")), // the run's i64 total would overflow
+            generation(2, now, 5, Some("run")),
+        ];
+        let refs: Vec<(i64, &Generation)> = events.iter().enumerate().map(|(offset, g)| (offset as i64, g)).collect();
+        let output = compute(0, 0, 3, &refs, &[], &PriceTable::from_rows(Vec::new()));
+        assert_eq!(output.rejected.iter().map(|rejected| rejected.offset).collect::<Vec<_>>(), [1]);
+        let delta = &output.run_deltas[&("p".to_string(), "run".to_string())];
+        assert_eq!((delta.generation_count, delta.input_tokens), (2, i64::MAX - 5));
+        assert_eq!(output.rollups[0].requests, 2);
+        assert_eq!(output.rollups[0].input_tokens, (i64::MAX - 5) as u64);
     }
 
     #[test]

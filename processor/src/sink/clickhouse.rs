@@ -1,0 +1,175 @@
+//! Step 3, the ClickHouse write: raw generation rows and the batch's rollup rows.
+//!
+//! Rows are inserted in as few inserts as the partitions allow: a batch whose rows span more
+//! than `max_partitions_per_insert` months is written in several inserts (current ClickHouse
+//! refuses an insert block that touches more than 100 partitions; the tables are partitioned by
+//! month). Every insert is idempotent (see the module docs of [`super`]), so splitting changes
+//! nothing about what a retry does.
+//!
+//! When ClickHouse refuses the values, the events that cause it are found ([`super::isolate`])
+//! and the batch is *rewritten* without them: its rollup rows again (same key and version, so
+//! they replace what an insert that failed halfway may have left), a zeroed row for each rollup
+//! key that only the refused events had, and a delete of their raw rows.
+
+use std::collections::{BTreeMap, HashSet};
+
+use clickhouse::{RowOwned, RowWrite};
+use time::OffsetDateTime;
+
+use super::{ErrorKind, PartitionBatch, Sink, SinkError};
+use crate::prices::PriceTable;
+use crate::rollup::{BatchOutput, GenerationRow, RollupRow};
+
+/// The tables a write goes to: the real ones, or their Null-engine probes (trials).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tables {
+    pub generations: &'static str,
+    pub rollups: &'static str,
+}
+
+impl Tables {
+    pub const REAL: Tables = Tables { generations: "generations", rollups: "cost_rollup_batches" };
+    pub const PROBE: Tables = Tables { generations: "generations_probe", rollups: "cost_rollup_batches_probe" };
+}
+
+/// The partition (`toYYYYMM`) of a time in epoch seconds.
+fn month_of(seconds: u32) -> u32 {
+    let date = OffsetDateTime::from_unix_timestamp(i64::from(seconds)).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    date.year() as u32 * 100 + u8::from(date.month()) as u32
+}
+
+/// `rows` in groups that each touch at most `max_partitions` months (one group when they do).
+fn by_partitions<'r, T>(rows: Vec<&'r T>, seconds: impl Fn(&T) -> u32, max_partitions: usize) -> Vec<Vec<&'r T>> {
+    // Fast path: rows within 27 days of each other touch at most two months.
+    let (low, high) = rows.iter().fold((u32::MAX, 0), |(low, high), row| (low.min(seconds(row)), high.max(seconds(row))));
+    if rows.is_empty() || (high - low < 27 * 86_400 && max_partitions >= 2) {
+        return vec![rows];
+    }
+    let mut months: BTreeMap<u32, Vec<&T>> = BTreeMap::new();
+    for row in rows {
+        months.entry(month_of(seconds(row))).or_default().push(row);
+    }
+    let months: Vec<Vec<&T>> = months.into_values().collect();
+    months.chunks(max_partitions).map(|chunk| chunk.concat()).collect()
+}
+
+impl Sink {
+    /// Step 3: writes every batch's rows; on refused values, isolates and rewrites.
+    pub(super) async fn write_clickhouse(&self, batches: &mut [PartitionBatch<'_>], prices: &PriceTable) -> Result<(), SinkError> {
+        let outputs: Vec<&BatchOutput> = batches.iter().map(|batch| &batch.output).collect();
+        let error = match self.insert_outputs(&outputs, Tables::REAL).await {
+            Err(error) if error.kind() == ErrorKind::Refused => error,
+            other => return other,
+        };
+        tracing::warn!(%error, "ClickHouse refused the batch's values; finding the events that cause it");
+        let mut found = 0;
+        let mut previous = Vec::with_capacity(batches.len());
+        for batch in batches.iter_mut() {
+            previous.push(std::mem::take(&mut batch.output));
+            found += self.isolate(batch, prices).await?;
+        }
+        if found == 0 {
+            // Not reproduced event by event: retry the whole write as if it were transient.
+            for (batch, output) in batches.iter_mut().zip(previous) {
+                batch.output = output;
+            }
+            return Err(error);
+        }
+        for (batch, previous) in batches.iter().zip(&previous) {
+            self.rewrite(batch, previous).await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts the rows of `outputs` into `tables`.
+    pub(super) async fn insert_outputs(&self, outputs: &[&BatchOutput], tables: Tables) -> Result<(), SinkError> {
+        let max = self.limits.max_partitions_per_insert;
+        let generations: Vec<&GenerationRow> = outputs.iter().flat_map(|output| &output.generations).collect();
+        for rows in by_partitions(generations, |row| row.start_time, max) {
+            insert(&self.clickhouse, tables.generations, rows).await?;
+        }
+        let rollups: Vec<&RollupRow> = outputs.iter().flat_map(|output| &output.rollups).collect();
+        for rows in by_partitions(rollups, |row| row.hour, max) {
+            insert(&self.clickhouse, tables.rollups, rows).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `batch`'s output over `previous`, an earlier output of the same claim that may
+    /// have been written in part or whole: the rows again, a zeroed row for each rollup key only
+    /// `previous` has, and a delete of the raw rows only `previous` has.
+    pub(super) async fn rewrite(&self, batch: &PartitionBatch<'_>, previous: &BatchOutput) -> Result<(), SinkError> {
+        let mut output_keys = HashSet::new();
+        for row in &batch.output.rollups {
+            output_keys.insert(row.key());
+        }
+        let zeroed: Vec<RollupRow> = previous.rollups.iter().filter(|row| !output_keys.contains(&row.key())).map(RollupRow::zeroed).collect();
+        let mut rows: Vec<&RollupRow> = batch.output.rollups.iter().collect();
+        rows.extend(&zeroed);
+        let generations: Vec<&GenerationRow> = batch.output.generations.iter().collect();
+        let max = self.limits.max_partitions_per_insert;
+        for chunk in by_partitions(generations, |row| row.start_time, max) {
+            insert(&self.clickhouse, "generations", chunk).await?;
+        }
+        for chunk in by_partitions(rows, |row| row.hour, max) {
+            insert(&self.clickhouse, "cost_rollup_batches", chunk).await?;
+        }
+        let kept: HashSet<&str> = batch.output.generations.iter().map(|row| row.event_id.as_str()).collect();
+        let gone: Vec<&GenerationRow> = previous.generations.iter().filter(|row| !kept.contains(row.event_id.as_str())).collect();
+        if !gone.is_empty() {
+            // An asynchronous mutation (18.16 has no lightweight delete): the rows disappear once
+            // it has run. Only refused events' rows are named, by their Kafka position too.
+            let offsets: Vec<i64> = gone.iter().map(|row| row.kafka_offset).collect();
+            let event_ids: Vec<&str> = gone.iter().map(|row| row.event_id.as_str()).collect();
+            self.clickhouse
+                .query("ALTER TABLE generations DELETE WHERE kafka_partition = ? AND has(?, kafka_offset) AND has(?, event_id)")
+                .bind(batch.claim.partition)
+                .bind(offsets)
+                .bind(event_ids)
+                .execute()
+                .await?;
+            tracing::warn!(partition = batch.claim.partition, rows = gone.len(), "raw rows of refused events deleted");
+        }
+        Ok(())
+    }
+}
+
+async fn insert<T: RowOwned + RowWrite>(client: &clickhouse::Client, table: &str, rows: Vec<&T>) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client.insert::<T>(table).await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_yyyymm() {
+        assert_eq!(month_of(0), 197_001);
+        assert_eq!(month_of(1_793_527_200), 202_611);
+        assert_eq!(month_of(u32::MAX), 210_602);
+    }
+
+    #[test]
+    fn rows_spanning_many_months_are_split_by_partition() {
+        // One row a month for 130 months, and a second row in some of them.
+        let mut rows: Vec<u32> = (0..130u32).map(|month| 1_600_000_000 + month * 31 * 86_400).collect();
+        rows.extend([1_600_000_100, 1_600_000_000 + 64 * 31 * 86_400 + 5]);
+        let chunks = by_partitions(rows.iter().collect(), |seconds| *seconds, 50);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), rows.len(), "every row once");
+        for chunk in &chunks {
+            let months: HashSet<u32> = chunk.iter().map(|seconds| month_of(**seconds)).collect();
+            assert!(months.len() <= 50, "{} partitions in one insert", months.len());
+        }
+        let near: Vec<u32> = vec![1_600_000_000, 1_600_000_000 + 20 * 86_400];
+        assert_eq!(by_partitions(near.iter().collect(), |seconds| *seconds, 50).len(), 1);
+    }
+}
