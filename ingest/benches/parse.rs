@@ -35,6 +35,8 @@ fn limits() -> Limits {
         max_string_bytes: 256,
         max_metadata_entries: 64,
         max_metadata_value_bytes: 4096,
+        accept_past_days: 400,
+        accept_future_secs: 3600,
     }
 }
 

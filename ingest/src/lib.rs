@@ -64,6 +64,8 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<IngestState>> {
         max_string_bytes: config.ingest.max_string_bytes,
         max_metadata_entries: config.ingest.max_metadata_entries,
         max_metadata_value_bytes: config.ingest.max_metadata_value_bytes,
+        accept_past_days: config.ingest.accept_past_days,
+        accept_future_secs: config.ingest.accept_future_secs,
     };
     let probe_pool = pool.clone();
     let probe_kafka = producer.checker();

@@ -68,6 +68,10 @@ pub struct Limits {
     pub max_string_bytes: usize,
     pub max_metadata_entries: usize,
     pub max_metadata_value_bytes: usize,
+    /// Event times may lie this many days before the request's receipt (`ingest.accept_past_days`).
+    pub accept_past_days: u32,
+    /// ...and this many seconds after it (`ingest.accept_future_secs`).
+    pub accept_future_secs: u64,
 }
 
 /// Why the whole body was refused.
@@ -103,6 +107,9 @@ pub enum ErrorCode {
     TooLong,
     /// `type` is neither `generation` nor `agent_run`.
     UnknownType,
+    /// A time of the event lies outside the window around the receipt time that
+    /// `ingest.accept_past_days` and `ingest.accept_future_secs` set, or after 2106-02-07T06:28:15Z.
+    OutOfWindow,
 }
 
 impl ErrorCode {
@@ -114,6 +121,7 @@ impl ErrorCode {
             ErrorCode::InvalidField => "invalid_field",
             ErrorCode::TooLong => "too_long",
             ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::OutOfWindow => "out_of_window",
         }
     }
 }
@@ -153,7 +161,7 @@ pub fn parse_body(
     received_at_us: i64,
     limits: &Limits,
 ) -> Result<Vec<ParsedEvent>, BodyError> {
-    let context = Context { ndjson, project_id, received_at_us, limits };
+    let context = Context::new(ndjson, project_id, received_at_us, limits);
     let parsed = framing::read_body(body, &context)?;
     if parsed.is_empty() {
         return Err(BodyError::Empty);

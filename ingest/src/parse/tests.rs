@@ -8,11 +8,23 @@ use super::*;
 use serde_json::{json, Value};
 
 fn limits() -> Limits {
-    Limits { max_body_bytes: 1 << 20, max_events: 100, max_string_bytes: 64, max_metadata_entries: 4, max_metadata_value_bytes: 32 }
+    Limits {
+        max_body_bytes: 1 << 20,
+        max_events: 100,
+        max_string_bytes: 64,
+        max_metadata_entries: 4,
+        max_metadata_value_bytes: 32,
+        accept_past_days: 400,
+        accept_future_secs: 3600,
+    }
 }
 
+/// When the events of [`parse`] are received: 2026-11-01T12:00:00Z, two hours after the times
+/// the tests' events carry.
+const RECEIVED_AT_US: i64 = 1_793_534_400_000_000;
+
 fn parse(body: &str, ndjson: bool) -> Result<Vec<ParsedEvent>, BodyError> {
-    parse_body(body.as_bytes(), ndjson, "p1", 1_700_000_000_000_000, &limits())
+    parse_body(body.as_bytes(), ndjson, "p1", RECEIVED_AT_US, &limits())
 }
 
 fn parse_one(value: Value) -> Result<Event, EventError> {
@@ -113,7 +125,14 @@ fn body_limits() {
 
 #[test]
 fn error_codes_serialize_as_their_names() {
-    for code in [ErrorCode::InvalidJson, ErrorCode::MissingField, ErrorCode::InvalidField, ErrorCode::TooLong, ErrorCode::UnknownType] {
+    for code in [
+        ErrorCode::InvalidJson,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidField,
+        ErrorCode::TooLong,
+        ErrorCode::UnknownType,
+        ErrorCode::OutOfWindow,
+    ] {
         assert_eq!(serde_json::to_value(code).unwrap(), Value::from(code.as_str()));
     }
     assert_eq!(ErrorCode::InvalidField.to_string(), "invalid_field");
@@ -228,4 +247,112 @@ fn json_errors_are_serde_json_errors() {
     let deep = format!("[{}{}]", "[".repeat(200), "]".repeat(200));
     let expected = serde_json::from_str::<Value>(&deep).unwrap_err().to_string();
     assert_eq!(parse(&deep, false).unwrap_err(), BodyError::InvalidJson(expected));
+}
+
+/// The outcome of one event received at `received_at_us` under the default window.
+fn parse_at(event: Value, received_at_us: i64) -> Result<Event, EventError> {
+    let body = json!({ "events": [event] }).to_string();
+    parse_body(body.as_bytes(), false, "p1", received_at_us, &limits()).unwrap().remove(0).outcome
+}
+
+/// 2026-12-02T00:00:00Z.
+const DEC_2_US: i64 = 1_796_169_600_000_000;
+const DAY_MS: i64 = 86_400_000;
+
+#[test]
+fn times_must_lie_in_the_window_around_the_receipt() {
+    let at = |start: Value| {
+        let mut event = generation();
+        event["start_time"] = start;
+        event.as_object_mut().unwrap().remove("duration_ms");
+        parse_at(event, DEC_2_US)
+    };
+    let dec_2_ms = DEC_2_US / 1_000;
+    // The issue's example: a generation dated 2150 is refused, with the value, the receipt
+    // time, the window and the keys that set it.
+    let error = at(json!("2150-06-01T00:00:00Z")).unwrap_err();
+    assert_eq!((error.code.as_str(), error.path.as_str()), ("out_of_window", "$.events[0].start_time"));
+    assert_eq!(
+        error.message,
+        "is 2150-06-01T00:00:00Z, outside the accepted window 2025-10-28T00:00:00Z..2026-12-02T01:00:00Z: event times may lie at most \
+         400 days before (ingest.accept_past_days) and 3600 s after (ingest.accept_future_secs) the receipt time 2026-12-02T00:00:00Z; \
+         nothing after 2106-02-07T06:28:15Z can be stored (epoch values are milliseconds)"
+    );
+    // Both ends are inclusive.
+    assert!(at(json!(dec_2_ms - 400 * DAY_MS)).is_ok());
+    let error = at(json!(dec_2_ms - 400 * DAY_MS - 1)).unwrap_err();
+    assert_eq!(error.code.as_str(), "out_of_window");
+    assert!(error.message.ends_with("a backfill of older events needs a larger ingest.accept_past_days"), "{}", error.message);
+    assert!(at(json!(dec_2_ms + 3_600_000)).is_ok());
+    assert_eq!(at(json!(dec_2_ms + 3_600_001)).unwrap_err().code.as_str(), "out_of_window");
+    // The November dates of the other tests are well inside.
+    assert!(at(json!("2026-11-01T10:00:00Z")).is_ok());
+    // Before 2000 is still a wrong value (seconds for milliseconds), not a late one.
+    let error = at(json!(dec_2_ms / 1_000)).unwrap_err();
+    assert_eq!(error.code.as_str(), "invalid_field");
+    assert!(error.message.contains("epoch values are milliseconds"), "{}", error.message);
+
+    // The alias is named in the path.
+    let mut event = generation();
+    event.as_object_mut().unwrap().remove("start_time");
+    event["timestamp"] = json!(dec_2_ms + 2 * 3_600_000);
+    let error = parse_at(event, DEC_2_US).unwrap_err();
+    assert_eq!((error.code.as_str(), error.path.as_str()), ("out_of_window", "$.events[0].timestamp"));
+}
+
+#[test]
+fn end_times_and_durations_must_lie_in_the_window_too() {
+    let dec_2_ms = DEC_2_US / 1_000;
+    // Starts 30 minutes after the receipt: a duration of 40 minutes ends past the hour.
+    let mut event = generation();
+    event["start_time"] = json!(dec_2_ms + 1_800_000);
+    event["duration_ms"] = json!(2_400_000);
+    let error = parse_at(event.clone(), DEC_2_US).unwrap_err();
+    assert_eq!((error.code.as_str(), error.path.as_str()), ("out_of_window", "$.events[0].duration_ms"));
+    assert!(error.message.starts_with("makes the event end at 2026-12-02T01:10:00Z, outside"), "{}", error.message);
+    event["duration_ms"] = json!(1_800_000);
+    assert!(parse_at(event.clone(), DEC_2_US).is_ok());
+    event.as_object_mut().unwrap().remove("duration_ms");
+    event["latency_ms"] = json!(1_800_001);
+    assert_eq!(parse_at(event, DEC_2_US).unwrap_err().path, "$.events[0].latency_ms");
+
+    // end_time is checked on its own, also when duration_ms is given.
+    let mut event = generation();
+    event["start_time"] = json!(dec_2_ms - 1_000);
+    event["end_time"] = json!("2026-12-02T02:00:00Z");
+    let error = parse_at(event, DEC_2_US).unwrap_err();
+    assert_eq!((error.code.as_str(), error.path.as_str()), ("out_of_window", "$.events[0].end_time"));
+
+    let run = json!({"type": "agent_run", "event_id": ID, "run_id": "r", "start_time": dec_2_ms - 1_000, "end_time": dec_2_ms + 4_000_000});
+    let error = parse_at(run.clone(), DEC_2_US).unwrap_err();
+    assert_eq!((error.code.as_str(), error.path.as_str()), ("out_of_window", "$.events[0].end_time"));
+    let mut run = run;
+    run["start_time"] = json!(dec_2_ms - 401 * DAY_MS);
+    run["end_time"] = json!(dec_2_ms);
+    let error = parse_at(run, DEC_2_US).unwrap_err();
+    assert_eq!((error.code.as_str(), error.path.as_str()), ("out_of_window", "$.events[0].start_time"));
+}
+
+#[test]
+fn the_window_never_reaches_past_what_clickhouse_stores() {
+    // Received an hour before the end of ClickHouse DateTime, with a day of future allowed.
+    let received_at_us = (u32::MAX as i64 - 3_600) * 1_000_000;
+    let a_day_ahead = Limits { accept_future_secs: 86_400, ..limits() };
+    let at = |start_ms: i64| {
+        let body = json!({"events": [{"type": "agent_run", "event_id": ID, "run_id": "r", "start_time": start_ms}]}).to_string();
+        parse_body(body.as_bytes(), false, "p1", received_at_us, &a_day_ahead).unwrap().remove(0).outcome
+    };
+    assert!(at(u32::MAX as i64 * 1_000).is_ok());
+    let error = at(u32::MAX as i64 * 1_000 + 1_000).unwrap_err();
+    assert_eq!(error.code.as_str(), "out_of_window");
+    assert!(error.message.contains("..2106-02-07T06:28:15Z:"), "{}", error.message);
+    assert!(error.message.contains("nothing after 2106-02-07T06:28:15Z can be stored"), "{}", error.message);
+    // Far beyond the range of a calendar date (microseconds sent as milliseconds).
+    let error = at(1_796_169_600_000_000).unwrap_err();
+    assert_eq!(error.code.as_str(), "out_of_window");
+    assert!(error.message.starts_with("is 1796169600000000 ms after the epoch, outside"), "{}", error.message);
+    // A huge window saturates instead of overflowing.
+    let huge = Limits { accept_past_days: u32::MAX, accept_future_secs: u64::MAX, ..limits() };
+    let body = json!({"events": [{"type": "agent_run", "event_id": ID, "run_id": "r", "start_time": "2001-01-01T00:00:00Z"}]}).to_string();
+    assert!(parse_body(body.as_bytes(), false, "p1", DEC_2_US, &huge).unwrap()[0].outcome.is_ok());
 }

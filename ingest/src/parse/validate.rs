@@ -18,12 +18,35 @@ use super::fields::{
 };
 use super::{entry_path, event_path, key_path, ErrorCode, EventError, Limits, ParsedEvent};
 
+/// 2000-01-01T00:00:00Z: an earlier time is taken for a mistake (seconds for milliseconds).
+const EARLIEST_US: i64 = 946_684_800_000_000;
+/// 2106-02-07T06:28:15Z, the last second ClickHouse `DateTime` (unsigned 32-bit seconds) holds.
+const LATEST_US: i64 = u32::MAX as i64 * 1_000_000;
+
+/// The times an event may carry: `[received_at - accept_past_days, received_at + accept_future_secs]`,
+/// capped at [`LATEST_US`].
+pub(super) struct Window {
+    earliest_us: i64,
+    latest_us: i64,
+}
+
 /// What every event of one request is parsed with.
 pub(super) struct Context<'a> {
     pub(super) ndjson: bool,
     pub(super) project_id: &'a str,
     pub(super) received_at_us: i64,
     pub(super) limits: &'a Limits,
+    window: Window,
+}
+
+impl<'a> Context<'a> {
+    pub(super) fn new(ndjson: bool, project_id: &'a str, received_at_us: i64, limits: &'a Limits) -> Self {
+        let past_us = i64::from(limits.accept_past_days).saturating_mul(86_400_000_000);
+        let future_us = i64::try_from(limits.accept_future_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+        let window =
+            Window { earliest_us: received_at_us.saturating_sub(past_us), latest_us: received_at_us.saturating_add(future_us).min(LATEST_US) };
+        Self { ndjson, project_id, received_at_us, limits, window }
+    }
 }
 
 impl Context<'_> {
@@ -123,11 +146,43 @@ impl<'a> EventFields<'a, '_> {
             .ok_or_else(|| self.error(ErrorCode::InvalidField, name, "is out of range"))?,
             _ => return Err(self.error(ErrorCode::InvalidField, name, "must be RFC 3339 text or epoch milliseconds")),
         };
-        // Years 2000..2200: catches seconds-for-milliseconds mistakes without rejecting real data.
-        if !(946_684_800_000_000..=7_258_118_400_000_000).contains(&micros) {
-            return Err(self.error(ErrorCode::InvalidField, name, "is outside 2000-01-01..2200-01-01 (epoch values are milliseconds)"));
+        // Before 2000 is a wrong value rather than an old one: most likely seconds sent where
+        // milliseconds are expected.
+        if micros < EARLIEST_US {
+            return Err(self.error(
+                ErrorCode::InvalidField,
+                name,
+                format!("is {}, before 2000-01-01T00:00:00Z (epoch values are milliseconds, not seconds)", rfc3339(micros)),
+            ));
         }
+        self.within_window(name, micros, "is")?;
         Ok(Some(micros))
+    }
+
+    /// Checks that `micros`, a time of the event given by (or, for an end, derived from) `key`,
+    /// lies within the window around the receipt time and no later than ClickHouse can store.
+    /// `what` starts the message: "is" for a timestamp, "makes the event end at" for a duration.
+    fn within_window(&self, key: Key, micros: i64, what: &str) -> Result<(), EventError> {
+        let window = &self.context.window;
+        if (window.earliest_us..=window.latest_us).contains(&micros) {
+            return Ok(());
+        }
+        let limits = self.limits();
+        let mut message = format!(
+            "{what} {}, outside the accepted window {}..{}: event times may lie at most {} days before (ingest.accept_past_days) and {} s after (ingest.accept_future_secs) the receipt time {}",
+            rfc3339(micros),
+            rfc3339(window.earliest_us),
+            rfc3339(window.latest_us),
+            limits.accept_past_days,
+            limits.accept_future_secs,
+            rfc3339(self.context.received_at_us),
+        );
+        if micros > LATEST_US {
+            message.push_str("; nothing after 2106-02-07T06:28:15Z can be stored (epoch values are milliseconds)");
+        } else if micros < window.earliest_us {
+            message.push_str("; a backfill of older events needs a larger ingest.accept_past_days");
+        }
+        Err(self.error(ErrorCode::OutOfWindow, key, message))
     }
 
     fn timestamp(&self, names: &[Key]) -> Result<i64, EventError> {
@@ -241,6 +296,9 @@ impl<'a> EventFields<'a, '_> {
             (None, Some(_)) => return Err(self.error(ErrorCode::InvalidField, Key::EndTime, "is before start_time")),
             (None, None) => 0,
         };
+        if let Some((name, _)) = self.find(DURATION) {
+            self.within_window(name, start_time_us + duration_us, "makes the event end at")?;
+        }
         let input_tokens = self.tokens(INPUT_TOKENS)?;
         let output_tokens = self.tokens(OUTPUT_TOKENS)?;
         let cache_read_input_tokens = self.tokens(CACHE_READ_INPUT_TOKENS)?;
@@ -322,4 +380,12 @@ impl<'a> EventFields<'a, '_> {
             received_at_us: self.context.received_at_us,
         })
     }
+}
+
+/// Epoch microseconds as RFC 3339 UTC, or as epoch milliseconds when out of `time`'s range.
+fn rfc3339(micros: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .ok()
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{} ms after the epoch", micros / 1_000))
 }
