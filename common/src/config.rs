@@ -181,6 +181,9 @@ pub struct IngestConfig {
     /// Latest accepted event time, in seconds after the request was received (client clocks
     /// run ahead; a generation may be reported before it ends).
     pub accept_future_secs: u64,
+    /// Reject an event with a field ingest does not know (`unknown_field`) instead of accepting
+    /// it with a warning in the answer.
+    pub strict_fields: bool,
 }
 
 impl Default for IngestConfig {
@@ -195,6 +198,7 @@ impl Default for IngestConfig {
             key_cache_secs: 30,
             accept_past_days: 400,
             accept_future_secs: 3600,
+            strict_fields: false,
         }
     }
 }
@@ -337,6 +341,10 @@ impl Config {
         if self.ingest.max_events_per_request == 0 || self.processor.batch_max_events == 0 {
             return Err(ConfigError::Invalid("batch sizes must be at least 1".into()));
         }
+        if self.processor.batch_max_events > 1_000_000 {
+            // The rollup's 64-bit sums of a batch stay far from overflow only below this.
+            return Err(ConfigError::Invalid("processor.batch_max_events must be at most 1000000".into()));
+        }
         if self.ingest.accept_past_days == 0 {
             return Err(ConfigError::Invalid("ingest.accept_past_days must be at least 1 (0 would reject every event as too old)".into()));
         }
@@ -392,6 +400,13 @@ mod tests {
         assert_eq!((config.ingest.accept_past_days, config.ingest.accept_future_secs), (3650, 0));
         let error = Config::extract(defaults().merge(Serialized::default("ingest.accept_past_days", 0))).unwrap_err().to_string();
         assert!(error.contains("ingest.accept_past_days"), "{error}");
+    }
+
+    #[test]
+    fn strict_fields_is_off_by_default() {
+        let defaults = || Figment::from(Serialized::defaults(Config::default()));
+        assert!(!Config::extract(defaults()).unwrap().ingest.strict_fields);
+        assert!(Config::extract(defaults().merge(Toml::string("[ingest]\nstrict_fields = true\n"))).unwrap().ingest.strict_fields);
     }
 
     #[test]

@@ -201,8 +201,14 @@ pub struct Rejected {
 /// generation outside it would be stored wrapped (2150-06-01 as 2014-04-24).
 pub const DATETIME_RANGE_US: std::ops::RangeInclusive<i64> = 0..=(u32::MAX as i64) * 1_000_000 + 999_999;
 
+/// Most tokens of one kind in one generation (ingest's limit too). 100 times the largest
+/// context windows of today, and small enough that no 64-bit sum of the rollups can wrap at
+/// this scale: an hour's row would need 1.8 * 10^10 maximal generations, a day's 1.8 * 10^10
+/// too (at 60,000 events/s a day holds 5.2 * 10^9 events).
+pub const MAX_TOKENS: i64 = 1_000_000_000;
+
 /// Why a generation cannot be stored as it is, if it cannot: its times must fit ClickHouse's
-/// `DateTime` and its counts must not be negative. Ingest refuses such events (with a window
+/// `DateTime` and its counts must be within 0..=[`MAX_TOKENS`]. Ingest refuses such events (with a window
 /// relative to receipt); this guards against events that reach the topic another way (an older
 /// ingest, `tally dlq replay`, another producer).
 pub fn check_generation(generation: &Generation) -> Result<(), String> {
@@ -222,8 +228,8 @@ pub fn check_generation(generation: &Generation) -> Result<(), String> {
         ("cache_creation_input_tokens", generation.cache_creation_input_tokens),
         ("reasoning_tokens", generation.reasoning_tokens),
     ] {
-        if value < 0 {
-            return Err(format!("{name} ({value}) is negative"));
+        if !(0..=MAX_TOKENS).contains(&value) {
+            return Err(format!("{name} ({value}) is outside 0..=10^9"));
         }
     }
     Ok(())
@@ -240,38 +246,12 @@ pub struct BatchOutput {
     pub run_events: BTreeMap<(String, String), AgentRun>,
     pub priced: u64,
     pub unpriced: u64,
-    /// Events left out: invalid for the stores, or whose sums would overflow a column.
+    /// Events left out: values the stores cannot hold (see [`check_generation`]), or refused by
+    /// a store (added by the sink).
     pub rejected: Vec<Rejected>,
 }
 
-/// The token counts of a generation in the order of the sum columns of [`RollupRow`] and
-/// [`RunDelta`].
-fn token_counts(generation: &Generation) -> [i64; 5] {
-    [
-        generation.input_tokens,
-        generation.output_tokens,
-        generation.cache_read_input_tokens,
-        generation.cache_creation_input_tokens,
-        generation.reasoning_tokens,
-    ]
-}
 
-/// `sums + counts`, or `None` if any column would overflow (then nothing is added).
-fn checked_sums<T: Copy>(sums: [T; 5], counts: [i64; 5], add: impl Fn(T, i64) -> Option<T>) -> Option<[T; 5]> {
-    let mut next = sums;
-    for (sum, count) in next.iter_mut().zip(counts) {
-        *sum = add(*sum, count)?;
-    }
-    Some(next)
-}
-
-fn row_token_sums(row: &RollupRow) -> [u64; 5] {
-    [row.input_tokens, row.output_tokens, row.cache_read_input_tokens, row.cache_creation_input_tokens, row.reasoning_tokens]
-}
-
-fn delta_token_sums(delta: &RunDelta) -> [i64; 5] {
-    [delta.input_tokens, delta.output_tokens, delta.cache_read_input_tokens, delta.cache_creation_input_tokens, delta.reasoning_tokens]
-}
 
 /// Aggregates the counted events of one partition batch `[batch_start, batch_end)`.
 /// `events` are in offset order and already filtered to those that count (first seen here).
@@ -290,7 +270,6 @@ pub fn compute(
             output.rejected.push(Rejected { offset: *offset, reason });
             continue;
         }
-        let counts = token_counts(generation);
         let user_id = generation.user_id.as_deref().unwrap_or_default();
         let hour_start = (generation.start_time_us.div_euclid(3_600_000_000) * 3_600) as u32;
         let key = RollupKey {
@@ -301,24 +280,6 @@ pub fn compute(
             provider: &generation.provider,
             model: &generation.model,
             user_id,
-        };
-        // Sums that would overflow their column reject the event that overflows them, before
-        // anything of it is added: a hostile or broken client must not wrap a total.
-        let row_sums = match rollups.get(&key) {
-            Some(row) => checked_sums(row_token_sums(row), counts, |sum: u64, count| sum.checked_add(count as u64)),
-            None => Some(counts.map(|count| count as u64)),
-        };
-        let run_key = generation.agent_run_id.as_ref().map(|run_id| (generation.project_id.clone(), run_id.clone()));
-        let run_sums = match run_key.as_ref().and_then(|key| output.run_deltas.get(key)) {
-            Some(delta) => checked_sums(delta_token_sums(delta), counts, i64::checked_add),
-            None => Some(counts),
-        };
-        let (Some(row_sums), Some(run_sums)) = (row_sums, run_sums) else {
-            output.rejected.push(Rejected {
-                offset: *offset,
-                reason: "its token counts would overflow a 64-bit total of the batch (cost rollup or agent run)".into(),
-            });
-            continue;
         };
         let (cost, source) = price_generation(generation, prices);
         match source {
@@ -354,8 +315,13 @@ pub fn compute(
         let is_error = generation.status == GenerationStatus::Error;
         row.requests += 1;
         row.errors += u64::from(is_error);
-        [row.input_tokens, row.output_tokens, row.cache_read_input_tokens, row.cache_creation_input_tokens, row.reasoning_tokens] =
-            row_sums;
+        // No sum can overflow: at most MAX_TOKENS per event and `processor.batch_max_events`
+        // (at most 10^6) events per batch.
+        row.input_tokens += generation.input_tokens as u64;
+        row.output_tokens += generation.output_tokens as u64;
+        row.cache_read_input_tokens += generation.cache_read_input_tokens as u64;
+        row.cache_creation_input_tokens += generation.cache_creation_input_tokens as u64;
+        row.reasoning_tokens += generation.reasoning_tokens as u64;
         row.cache_hits += u64::from(matches!(generation.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit));
         match source {
             CostSource::Priced => row.priced_requests += 1,
@@ -374,8 +340,8 @@ pub fn compute(
             }
         }
 
-        if let Some(run_key) = run_key {
-            let delta = output.run_deltas.entry(run_key).or_insert_with(|| RunDelta {
+        if let Some(run_id) = &generation.agent_run_id {
+            let delta = output.run_deltas.entry((generation.project_id.clone(), run_id.clone())).or_insert_with(|| RunDelta {
                 first_generation_us: generation.start_time_us,
                 last_generation_us: generation.start_time_us,
                 ..Default::default()
@@ -385,8 +351,11 @@ pub fn compute(
             }
             delta.generation_count += 1;
             delta.error_count += i64::from(is_error);
-            [delta.input_tokens, delta.output_tokens, delta.cache_read_input_tokens, delta.cache_creation_input_tokens, delta.reasoning_tokens] =
-                run_sums;
+            delta.input_tokens += generation.input_tokens;
+            delta.output_tokens += generation.output_tokens;
+            delta.cache_read_input_tokens += generation.cache_read_input_tokens;
+            delta.cache_creation_input_tokens += generation.cache_creation_input_tokens;
+            delta.reasoning_tokens += generation.reasoning_tokens;
             match cost {
                 Some(cost) => delta.cost += cost,
                 None => delta.unpriced_count += 1,
@@ -510,27 +479,23 @@ mod tests {
         let rejected: Vec<i64> = output.rejected.iter().map(|rejected| rejected.offset).collect();
         assert_eq!(rejected, [1, 2, 3]);
         assert!(output.rejected[0].reason.contains("outside ClickHouse DateTime"), "{}", output.rejected[0].reason);
-        assert!(output.rejected[2].reason.contains("input_tokens (-5) is negative"), "{}", output.rejected[2].reason);
+        assert!(output.rejected[2].reason.contains("input_tokens (-5) is outside"), "{}", output.rejected[2].reason);
         assert_eq!(output.generations.len(), 2);
         assert_eq!(output.rollups.iter().map(|row| row.input_tokens).sum::<u64>(), 30);
         assert!(output.generations.iter().all(|row| i64::from(row.start_time) * 1_000_000 <= now));
     }
 
     #[test]
-    fn a_generation_that_would_overflow_a_total_is_rejected_and_adds_nothing() {
+    fn token_counts_above_the_limit_are_rejected() {
         let now = 1_793_527_200_000_000;
-        let events = [
-            generation(0, now, i64::MAX - 10, Some("run")),
-            generation(1, now, 100, Some("run")), // the run's i64 total would overflow
-            generation(2, now, 5, Some("run")),
-        ];
+        let events = [generation(0, now, MAX_TOKENS, Some("run")), generation(1, now, MAX_TOKENS + 1, Some("run")), generation(2, now, 5, Some("run"))];
         let refs: Vec<(i64, &Generation)> = events.iter().enumerate().map(|(offset, g)| (offset as i64, g)).collect();
         let output = compute(0, 0, 3, &refs, &[], &PriceTable::from_rows(Vec::new()));
         assert_eq!(output.rejected.iter().map(|rejected| rejected.offset).collect::<Vec<_>>(), [1]);
+        assert!(output.rejected[0].reason.contains("input_tokens (1000000001) is outside 0..=10^9"), "{}", output.rejected[0].reason);
         let delta = &output.run_deltas[&("p".to_string(), "run".to_string())];
-        assert_eq!((delta.generation_count, delta.input_tokens), (2, i64::MAX - 5));
-        assert_eq!(output.rollups[0].requests, 2);
-        assert_eq!(output.rollups[0].input_tokens, (i64::MAX - 5) as u64);
+        assert_eq!((delta.generation_count, delta.input_tokens), (2, MAX_TOKENS + 5));
+        assert_eq!((output.rollups[0].requests, output.rollups[0].input_tokens), (2, MAX_TOKENS as u64 + 5));
     }
 
     #[test]

@@ -59,11 +59,13 @@ struct CostRow {
 pub struct Totals {
     pub requests: u64,
     pub errors: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_input_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    pub reasoning_tokens: u64,
+    // Token sums are u128: a range's total of 64-bit row sums must not wrap (JSON numbers have
+    // no width; clients that read them as doubles lose precision above 2^53 as they would for u64).
+    pub input_tokens: u128,
+    pub output_tokens: u128,
+    pub cache_read_input_tokens: u128,
+    pub cache_creation_input_tokens: u128,
+    pub reasoning_tokens: u128,
     pub cache_hits: u64,
     /// Exact decimal, USD, as a string.
     #[serde(with = "rust_decimal::serde::str")]
@@ -102,13 +104,14 @@ fn percentile(buckets: &[u64], quantile: f64) -> Option<f64> {
 
 impl Totals {
     fn add(&mut self, row: &CostRow, cost: Decimal) {
+        // Counts of events cannot reach 2^64; token sums are widened (see `Totals`).
         self.requests += row.requests;
         self.errors += row.errors;
-        self.input_tokens += row.input_tokens;
-        self.output_tokens += row.output_tokens;
-        self.cache_read_input_tokens += row.cache_read_input_tokens;
-        self.cache_creation_input_tokens += row.cache_creation_input_tokens;
-        self.reasoning_tokens += row.reasoning_tokens;
+        self.input_tokens += u128::from(row.input_tokens);
+        self.output_tokens += u128::from(row.output_tokens);
+        self.cache_read_input_tokens += u128::from(row.cache_read_input_tokens);
+        self.cache_creation_input_tokens += u128::from(row.cache_creation_input_tokens);
+        self.reasoning_tokens += u128::from(row.reasoning_tokens);
         self.cache_hits += row.cache_hits;
         self.cost += cost;
         self.priced_requests += row.priced_requests;
