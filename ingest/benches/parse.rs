@@ -37,6 +37,7 @@ fn limits() -> Limits {
         max_metadata_value_bytes: 4096,
         accept_past_days: 400,
         accept_future_secs: 3600,
+        strict_fields: false,
     }
 }
 

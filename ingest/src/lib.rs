@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::metrics::IngestMetrics;
-use crate::parse::{BodyError, Limits, ParsedEvent};
+use crate::parse::{BodyError, ErrorCode, EventWarning, Limits, ParsedEvent};
 use crate::producer::{EventProducer, OutgoingMessage, ProduceError};
 
 /// Seconds a client should wait before retrying after a 503.
@@ -66,6 +66,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<IngestState>> {
         max_metadata_value_bytes: config.ingest.max_metadata_value_bytes,
         accept_past_days: config.ingest.accept_past_days,
         accept_future_secs: config.ingest.accept_future_secs,
+        strict_fields: config.ingest.strict_fields,
     };
     let probe_pool = pool.clone();
     let probe_kafka = producer.checker();
@@ -138,6 +139,21 @@ struct EventResult {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<EventResultError>,
+    /// Only when there are some, so that the line keeps its old shape otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<EventWarning>,
+}
+
+/// A warning in a 200 answer, which has no per-event results: the event it is about, then the
+/// warning.
+#[derive(Serialize)]
+struct AnswerWarning {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+    code: ErrorCode,
+    path: String,
+    message: String,
 }
 
 #[derive(Serialize)]
@@ -156,6 +172,9 @@ struct IngestAnswer {
     failed: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     results: Vec<EventResult>,
+    /// 200 answers only (a 207 or 503 lists them in `results`); absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<AnswerWarning>,
 }
 
 fn auth_error(error: AuthError) -> ApiError {
@@ -264,6 +283,27 @@ fn answer(state: &IngestState, prepared: Prepared, produced: Vec<Result<(), Prod
     for (position, result) in message_index.into_iter().zip(produced) {
         delivery[position] = Some(result);
     }
+    let (status, body) = answer_body(parsed, delivery, |code| state.metrics.events.with_label_values(&[code.as_str()]).inc());
+    let failed = body.failed.unwrap_or(0);
+    state.metrics.events.with_label_values(&["accepted"]).inc_by(body.accepted as u64);
+    state.metrics.events.with_label_values(&["failed"]).inc_by(failed as u64);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        state.metrics.backpressure.with_label_values(&["not_acknowledged"]).inc();
+    }
+    let mut response = (status, Json(body)).into_response();
+    if failed > 0 {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
+}
+
+/// The status and body of an answer, from each event's parse outcome and delivery (`None`: not
+/// produced); `rejected_with` is called with the code of every rejected event.
+fn answer_body(
+    parsed: Vec<ParsedEvent>,
+    delivery: Vec<Option<Result<(), ProduceError>>>,
+    mut rejected_with: impl FnMut(ErrorCode),
+) -> (StatusCode, IngestAnswer) {
     let (mut accepted, mut rejected, mut failed) = (0, 0, 0);
     let mut results = Vec::with_capacity(parsed.len());
     for (event, delivered) in parsed.into_iter().zip(delivery) {
@@ -282,32 +322,128 @@ fn answer(state: &IngestState, prepared: Prepared, produced: Vec<Result<(), Prod
             }
             (Err(error), _) => {
                 rejected += 1;
-                state.metrics.events.with_label_values(&[error.code.as_str()]).inc();
+                rejected_with(error.code);
                 ("rejected", Some(EventResultError { code: error.code.as_str(), path: Some(error.path), message: error.message }))
             }
         };
-        results.push(EventResult { index: event.index, event_id: event.event_id, status, error });
+        results.push(EventResult { index: event.index, event_id: event.event_id, status, error, warnings: event.warnings });
     }
-    state.metrics.events.with_label_values(&["accepted"]).inc_by(accepted as u64);
-    state.metrics.events.with_label_values(&["failed"]).inc_by(failed as u64);
 
     if rejected == 0 && failed == 0 {
-        return (StatusCode::OK, Json(IngestAnswer { accepted, rejected, failed: None, results: Vec::new() })).into_response();
+        // No per-event results: the warnings are listed on their own, with their event.
+        let warnings = results
+            .into_iter()
+            .flat_map(|result| {
+                let EventResult { index, event_id, warnings, .. } = result;
+                warnings.into_iter().map(move |warning| AnswerWarning {
+                    index,
+                    event_id: event_id.clone(),
+                    code: warning.code,
+                    path: warning.path,
+                    message: warning.message,
+                })
+            })
+            .collect();
+        return (StatusCode::OK, IngestAnswer { accepted, rejected, failed: None, results: Vec::new(), warnings });
     }
     if accepted == 0 && failed > 0 {
-        state.metrics.backpressure.with_label_values(&["not_acknowledged"]).inc();
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(IngestAnswer { accepted, rejected, failed: Some(failed), results }),
-        )
-            .into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-        return response;
+        return (StatusCode::SERVICE_UNAVAILABLE, IngestAnswer { accepted, rejected, failed: Some(failed), results, warnings: Vec::new() });
     }
-    let mut response =
-        (StatusCode::MULTI_STATUS, Json(IngestAnswer { accepted, rejected, failed: (failed > 0).then_some(failed), results })).into_response();
-    if failed > 0 {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    (StatusCode::MULTI_STATUS, IngestAnswer { accepted, rejected, failed: (failed > 0).then_some(failed), results, warnings: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn limits(strict_fields: bool) -> Limits {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_events: 100,
+            max_string_bytes: 256,
+            max_metadata_entries: 64,
+            max_metadata_value_bytes: 4096,
+            accept_past_days: 400,
+            accept_future_secs: 3600,
+            strict_fields,
+        }
     }
-    response
+
+    /// The answer to `events`, each valid one acknowledged by Kafka.
+    fn answer_to(events: Value, strict_fields: bool) -> (StatusCode, Value) {
+        let body = json!({ "events": events }).to_string();
+        let parsed = parse::parse_body(body.as_bytes(), false, "p1", 1_793_534_400_000_000, &limits(strict_fields)).unwrap();
+        let delivery = parsed.iter().map(|event| event.outcome.is_ok().then_some(Ok(()))).collect();
+        let (status, answer) = answer_body(parsed, delivery, |_| {});
+        (status, serde_json::to_value(answer).unwrap())
+    }
+
+    fn generation(id: &str) -> Value {
+        json!({"type": "generation", "event_id": id, "trace_id": "t", "provider": "openai", "model": "gpt-4o",
+               "start_time": "2026-11-01T10:00:00Z", "input_tokens": 10})
+    }
+
+    const ID_A: &str = "7d1c6f8e-2f7a-4a51-9f3b-0c2d7e6f5a41";
+    const ID_B: &str = "0b7e1c1a-4f7e-4c59-a3f7-1d2c3b4a5e6f";
+
+    #[test]
+    fn answers_keep_their_shape_without_warnings() {
+        let (status, answer) = answer_to(json!([generation(ID_A), generation(ID_B)]), false);
+        assert_eq!((status, answer), (StatusCode::OK, json!({"accepted": 2, "rejected": 0})));
+        let mut bad = generation(ID_B);
+        bad["input_tokens"] = json!(-1);
+        let (status, answer) = answer_to(json!([generation(ID_A), bad]), false);
+        assert_eq!(status, StatusCode::MULTI_STATUS);
+        assert_eq!(
+            answer,
+            json!({"accepted": 1, "rejected": 1, "results": [
+                {"index": 0, "event_id": ID_A, "status": "accepted"},
+                {"index": 1, "event_id": ID_B, "status": "rejected",
+                 "error": {"code": "invalid_field", "path": "$.events[1].input_tokens", "message": "must be a non-negative integer"}}]})
+        );
+    }
+
+    #[test]
+    fn a_200_lists_warnings_with_their_event() {
+        let mut typo = generation(ID_B);
+        typo["output_token"] = json!(5);
+        let (status, answer) = answer_to(json!([generation(ID_A), typo]), false);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            answer,
+            json!({"accepted": 2, "rejected": 0, "warnings": [
+                {"index": 1, "event_id": ID_B, "code": "unknown_field", "path": "$.events[1].output_token",
+                 "message": "is not a field Tally knows and was ignored; did you mean `output_tokens`?"}]})
+        );
+    }
+
+    #[test]
+    fn a_207_lists_warnings_in_the_results_and_strict_mode_rejects() {
+        let mut typo = generation(ID_B);
+        typo["outputTokens"] = json!(5);
+        let mut bad = generation(ID_A);
+        bad["model"] = json!(null);
+        bad["modell"] = json!("gpt-4o");
+        let (status, answer) = answer_to(json!([typo.clone(), bad]), false);
+        assert_eq!(status, StatusCode::MULTI_STATUS);
+        assert_eq!(answer["results"][0]["status"], "accepted");
+        assert_eq!(answer["results"][0]["warnings"][0]["path"], "$.events[0].outputTokens");
+        assert_eq!(answer["results"][1]["error"]["code"], "missing_field");
+        assert_eq!(
+            answer["results"][1]["warnings"],
+            json!([{"code": "unknown_field", "path": "$.events[1].modell",
+                    "message": "is not a field Tally knows and was ignored; did you mean `model`?"}])
+        );
+        assert!(answer.get("warnings").is_none());
+
+        let (status, answer) = answer_to(json!([typo, generation(ID_A)]), true);
+        assert_eq!(status, StatusCode::MULTI_STATUS);
+        assert_eq!(
+            answer["results"][0],
+            json!({"index": 0, "event_id": ID_B, "status": "rejected", "error": {"code": "unknown_field", "path": "$.events[0].outputTokens",
+                   "message": "is not a field Tally knows (ingest.strict_fields rejects such events); did you mean `output_tokens`?"}})
+        );
+        assert_eq!(answer["results"][1], json!({"index": 1, "event_id": ID_A, "status": "accepted"}));
+    }
 }

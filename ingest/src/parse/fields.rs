@@ -1,8 +1,10 @@
 //! The event keys this module reads (`Key`: canonical names and aliases), which names make up
 //! one field (`Names`: canonical first), and the slots an event's values are read into
-//! (`FieldValue`, `Fields`).
+//! (`FieldValue`, `Fields`, which also records the keys that are not `Key`s). For an unknown
+//! key, [`Key::closest`] finds the known one it most likely misspells.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use serde_json::Number;
 
@@ -15,6 +17,7 @@ macro_rules! known_keys {
         }
 
         impl Key {
+            const ALL: [Key; Self::COUNT] = [$(Key::$key,)*];
             pub(super) const COUNT: usize = [$(Key::$key,)*].len();
 
             pub(super) fn name(self) -> &'static str {
@@ -86,6 +89,77 @@ known_keys! {
     Metadata = "metadata",
 }
 
+impl Key {
+    /// The known key that the unknown `name` most likely misspells: one that differs only in
+    /// case and separators (`outputTokens`, `Input-Tokens`), else the nearest by edit distance
+    /// (Levenshtein, hand-written below) on those normalised names, within 1 edit for names of
+    /// up to 4 characters, 2 up to 12 and 3 beyond. Ties go to the earlier key, so a canonical
+    /// name before its aliases.
+    pub(super) fn closest(name: &str) -> Option<Key> {
+        let wanted = normalized(name);
+        if wanted.is_empty() {
+            return None;
+        }
+        let max = match wanted.len() {
+            0..=4 => 1,
+            5..=12 => 2,
+            _ => 3,
+        };
+        let mut best: Option<(usize, Key)> = None;
+        for (key, known) in normalized_keys() {
+            let limit = best.map_or(max, |(distance, _)| distance.saturating_sub(1));
+            if let Some(distance) = distance_within(&wanted, known, limit) {
+                best = Some((distance, *key));
+                if distance == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, key)| key)
+    }
+}
+
+/// A key name compared without case and without `_`, `.`, `-` and spaces.
+fn normalized(name: &str) -> Vec<u8> {
+    name.bytes().filter(|byte| !matches!(byte, b'_' | b'.' | b'-' | b' ')).map(|byte| byte.to_ascii_lowercase()).collect()
+}
+
+/// [`normalized`] of every key, in [`Key`] order; computed once.
+fn normalized_keys() -> &'static [(Key, Vec<u8>)] {
+    static KEYS: OnceLock<Vec<(Key, Vec<u8>)>> = OnceLock::new();
+    KEYS.get_or_init(|| Key::ALL.iter().map(|&key| (key, normalized(key.name()))).collect())
+}
+
+/// The Levenshtein distance of `a` and `b` (in bytes, each at most 64 long: longer ones are
+/// cut) when it is at most `max`.
+fn distance_within(a: &[u8], b: &[u8], max: usize) -> Option<usize> {
+    const LONGEST: usize = MAX_UNKNOWN_KEY_BYTES;
+    let (a, b) = (&a[..a.len().min(LONGEST)], &b[..b.len().min(LONGEST)]);
+    if a.len().abs_diff(b.len()) > max {
+        return None;
+    }
+    // Two rows of the edit-distance table, on the stack: no allocation per comparison.
+    let mut previous = [0usize; LONGEST + 1];
+    let mut current = [0usize; LONGEST + 1];
+    for (j, cell) in previous.iter_mut().enumerate().take(b.len() + 1) {
+        *cell = j;
+    }
+    for (i, &left) in a.iter().enumerate() {
+        current[0] = i + 1;
+        let mut row_min = current[0];
+        for (j, &right) in b.iter().enumerate() {
+            current[j + 1] = (previous[j] + usize::from(left != right)).min(previous[j + 1] + 1).min(current[j] + 1);
+            row_min = row_min.min(current[j + 1]);
+        }
+        // Distances never shrink from one row to the next: stop once every cell is over.
+        if row_min > max {
+            return None;
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    Some(previous[b.len()]).filter(|&distance| distance <= max)
+}
+
 /// One field's names, canonical first: the first present and not null wins.
 pub(super) type Names = &'static [Key];
 
@@ -140,11 +214,22 @@ impl FieldValue<'_> {
     }
 }
 
+/// Most unknown keys recorded per event; further ones are only counted.
+pub(super) const MAX_UNKNOWN_KEYS: usize = 16;
+/// Unknown key names are recorded cut to this many bytes (at a character boundary).
+pub(super) const MAX_UNKNOWN_KEY_BYTES: usize = 64;
+
 /// One slot per [`Key`] for the event being read; reused from event to event.
 pub(super) struct Fields<'de> {
     values: [FieldValue<'de>; Key::COUNT],
     /// Bit `key` is set when that slot may hold something: clearing touches only those slots.
     written: u64,
+    /// The event's keys that are not [`Key`]s: in body order, without repeats, cut to
+    /// [`MAX_UNKNOWN_KEY_BYTES`], at most [`MAX_UNKNOWN_KEYS`]. Borrowed from the body unless
+    /// the key holds escapes.
+    unknown: Vec<Cow<'de, str>>,
+    /// Unknown keys past the first [`MAX_UNKNOWN_KEYS`] (repeats included).
+    unknown_not_recorded: usize,
 }
 
 impl<'de> Fields<'de> {
@@ -152,7 +237,43 @@ impl<'de> Fields<'de> {
 
     pub(super) fn new() -> Self {
         let () = Self::FITS_THE_MASK;
-        Self { values: [const { FieldValue::Absent }; Key::COUNT], written: 0 }
+        Self { values: [const { FieldValue::Absent }; Key::COUNT], written: 0, unknown: Vec::new(), unknown_not_recorded: 0 }
+    }
+
+    /// Records an unknown key whose name borrows from the body.
+    pub(super) fn unknown_borrowed(&mut self, name: &'de str) {
+        if let Some(name) = self.recordable(name) {
+            self.unknown.push(Cow::Borrowed(name));
+        }
+    }
+
+    /// Records an unknown key whose name was unescaped into a temporary buffer.
+    pub(super) fn unknown_copied(&mut self, name: &str) {
+        if let Some(name) = self.recordable(name) {
+            self.unknown.push(Cow::Owned(name.to_owned()));
+        }
+    }
+
+    /// `name` cut to size, if it is to be recorded: not yet seen, and there is room.
+    fn recordable<'n>(&mut self, name: &'n str) -> Option<&'n str> {
+        let mut end = name.len().min(MAX_UNKNOWN_KEY_BYTES);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let name = &name[..end];
+        if self.unknown.iter().any(|seen| seen == name) {
+            return None;
+        }
+        if self.unknown.len() == MAX_UNKNOWN_KEYS {
+            self.unknown_not_recorded += 1;
+            return None;
+        }
+        Some(name)
+    }
+
+    /// The recorded unknown keys, and how many more there were.
+    pub(super) fn unknown(&self) -> (&[Cow<'de, str>], usize) {
+        (&self.unknown, self.unknown_not_recorded)
     }
 
     pub(super) fn set(&mut self, key: Key, value: FieldValue<'de>) {
@@ -165,6 +286,10 @@ impl<'de> Fields<'de> {
             let slot = self.written.trailing_zeros();
             self.values[slot as usize] = FieldValue::Absent;
             self.written &= self.written - 1;
+        }
+        if !self.unknown.is_empty() {
+            self.unknown.clear();
+            self.unknown_not_recorded = 0;
         }
     }
 

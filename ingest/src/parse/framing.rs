@@ -97,6 +97,7 @@ fn parse_ndjson<'de, Line: AsRef<[u8]> + 'de>(
                     path: event_path(true, index),
                     message: format!("line is not valid JSON: {error}"),
                 }),
+                warnings: Vec::new(),
             },
         };
         parsed.push(event);
@@ -283,10 +284,13 @@ impl<'de> Visitor<'de> for KeyIs {
     }
 }
 
-/// An event key: which [`Key`] it is, if any.
-struct EventKey;
+/// An event key: which [`Key`] it is, if any. A key that is none is recorded in `fields`
+/// (only then: a known key costs one match on its name, as before).
+struct EventKey<'f, 'de> {
+    fields: &'f mut Fields<'de>,
+}
 
-impl<'de> DeserializeSeed<'de> for EventKey {
+impl<'de> DeserializeSeed<'de> for EventKey<'_, 'de> {
     type Value = Option<Key>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Key>, D::Error> {
@@ -294,15 +298,27 @@ impl<'de> DeserializeSeed<'de> for EventKey {
     }
 }
 
-impl<'de> Visitor<'de> for EventKey {
+impl<'de> Visitor<'de> for EventKey<'_, 'de> {
     type Value = Option<Key>;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
         formatter.write_str("a key")
     }
 
+    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Option<Key>, E> {
+        let known = Key::from_name(key);
+        if known.is_none() {
+            self.fields.unknown_borrowed(key);
+        }
+        Ok(known)
+    }
+
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<Key>, E> {
-        Ok(Key::from_name(key))
+        let known = Key::from_name(key);
+        if known.is_none() {
+            self.fields.unknown_copied(key);
+        }
+        Ok(known)
     }
 }
 
@@ -360,7 +376,7 @@ impl<'de> Visitor<'de> for EventSeed<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        while let Some(key) = map.next_key_seed(EventKey)? {
+        while let Some(key) = map.next_key_seed(EventKey { fields: &mut *self.fields })? {
             match key {
                 // A later duplicate replaces an earlier one, as in `Value`'s map.
                 Some(key) => self.fields.set(key, map.next_value_seed(FieldSeed { metadata: key == Key::Metadata })?),

@@ -72,6 +72,8 @@ pub struct Limits {
     pub accept_past_days: u32,
     /// ...and this many seconds after it (`ingest.accept_future_secs`).
     pub accept_future_secs: u64,
+    /// An unknown field rejects its event instead of only warning (`ingest.strict_fields`).
+    pub strict_fields: bool,
 }
 
 /// Why the whole body was refused.
@@ -110,6 +112,9 @@ pub enum ErrorCode {
     /// A time of the event lies outside the window around the receipt time that
     /// `ingest.accept_past_days` and `ingest.accept_future_secs` set, or after 2106-02-07T06:28:15Z.
     OutOfWindow,
+    /// A key of the event is no field Tally knows: a warning, or with `ingest.strict_fields`
+    /// an error.
+    UnknownField,
 }
 
 impl ErrorCode {
@@ -122,6 +127,7 @@ impl ErrorCode {
             ErrorCode::TooLong => "too_long",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::OutOfWindow => "out_of_window",
+            ErrorCode::UnknownField => "unknown_field",
         }
     }
 }
@@ -141,12 +147,24 @@ pub struct EventError {
     pub message: String,
 }
 
-/// One event of the request: its position, its id if readable, and the parse outcome.
+/// Something to fix about an event that did not reject it: an unknown field (`unknown_field`),
+/// at most 16 per event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventWarning {
+    pub code: ErrorCode,
+    /// JSON path of the field, e.g. `$.events[3].input_token`.
+    pub path: String,
+    pub message: String,
+}
+
+/// One event of the request: its position, its id if readable, the parse outcome, and the
+/// warnings about it (accepted or not).
 #[derive(Debug)]
 pub struct ParsedEvent {
     pub index: usize,
     pub event_id: Option<String>,
     pub outcome: Result<Event, EventError>,
+    pub warnings: Vec<EventWarning>,
 }
 
 /// Parses a decompressed body into its events: framing (a JSON object `{"events": [...]}`, a

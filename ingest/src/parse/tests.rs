@@ -16,6 +16,7 @@ fn limits() -> Limits {
         max_metadata_value_bytes: 32,
         accept_past_days: 400,
         accept_future_secs: 3600,
+        strict_fields: false,
     }
 }
 
@@ -132,6 +133,7 @@ fn error_codes_serialize_as_their_names() {
         ErrorCode::TooLong,
         ErrorCode::UnknownType,
         ErrorCode::OutOfWindow,
+        ErrorCode::UnknownField,
     ] {
         assert_eq!(serde_json::to_value(code).unwrap(), Value::from(code.as_str()));
     }
@@ -355,4 +357,95 @@ fn the_window_never_reaches_past_what_clickhouse_stores() {
     let huge = Limits { accept_past_days: u32::MAX, accept_future_secs: u64::MAX, ..limits() };
     let body = json!({"events": [{"type": "agent_run", "event_id": ID, "run_id": "r", "start_time": "2001-01-01T00:00:00Z"}]}).to_string();
     assert!(parse_body(body.as_bytes(), false, "p1", DEC_2_US, &huge).unwrap()[0].outcome.is_ok());
+}
+
+fn warnings_of(event: &ParsedEvent) -> Vec<(&str, &str)> {
+    event.warnings.iter().map(|warning| (warning.path.as_str(), warning.message.as_str())).collect()
+}
+
+#[test]
+fn unknown_fields_are_warnings_with_a_suggestion() {
+    let base = generation_fields();
+    let event = parse_text(&format!(
+        "{{{base}, \"model\": \"m\", \"input_token\": 5, \"outputTokens\": 2, \"Cache-Read-Input-Tokens\": 1, \"gen_ai.usage.input_token\": 3, \
+         \"input_token\": 6, \"colour\": \"red\", \"input-tokens\": 1, \"thread_id\": \"known, for agent runs\", \"metadata\": {{\"unknown\": 1}}}}"
+    ));
+    assert!(event.outcome.is_ok());
+    assert!(event.warnings.iter().all(|warning| warning.code == ErrorCode::UnknownField));
+    assert_eq!(
+        warnings_of(&event),
+        [
+            ("$.events[0].input_token", "is not a field Tally knows and was ignored; did you mean `input_tokens`?"),
+            ("$.events[0].outputTokens", "is not a field Tally knows and was ignored; did you mean `output_tokens`?"),
+            ("$.events[0][\"Cache-Read-Input-Tokens\"]", "is not a field Tally knows and was ignored; did you mean `cache_read_input_tokens`?"),
+            ("$.events[0][\"gen_ai.usage.input_token\"]", "is not a field Tally knows and was ignored; did you mean `gen_ai.usage.input_tokens`?"),
+            ("$.events[0].colour", "is not a field Tally knows and was ignored"),
+            ("$.events[0][\"input-tokens\"]", "is not a field Tally knows and was ignored; did you mean `input_tokens`?"),
+        ]
+    );
+    // A rejected event keeps its warnings: here they explain the error.
+    let event = parse_text(&format!("{{{base}, \"Model\": \"m\"}}"));
+    assert_eq!(event.outcome.as_ref().unwrap_err().path, "$.events[0].model");
+    assert_eq!(warnings_of(&event), [("$.events[0].Model", "is not a field Tally knows and was ignored; did you mean `model`?")]);
+    // Escaped keys are unescaped; NDJSON paths start at the line.
+    let events = parse(&format!("{{{base}, \"model\": \"m\", \"typ\\u0065s\": 1}}\n{{{base}, \"model\": \"m\", \"sapn_id\": \"s\"}}"), true).unwrap();
+    assert_eq!(warnings_of(&events[0]), [("$[0].types", "is not a field Tally knows and was ignored; did you mean `type`?")]);
+    assert_eq!(warnings_of(&events[1]), [("$[1].sapn_id", "is not a field Tally knows and was ignored; did you mean `span_id`?")]);
+    // Events without unknown keys, and events that are not objects, have none.
+    let events = parse(&format!("[{{{base}, \"model\": \"m\"}}, 3]"), false).unwrap();
+    assert!(events.iter().all(|event| event.warnings.is_empty()));
+}
+
+#[test]
+fn unknown_fields_are_bounded_per_event() {
+    let base = generation_fields();
+    let long = format!("{}é{}", "x".repeat(63), "y".repeat(100));
+    let many: String = (0..20).map(|n| format!(", \"extra_{n}\": {n}")).collect();
+    let event = parse_text(&format!("{{{base}, \"model\": \"m\", \"{long}\": 1{many}, \"{long}\": 2}}"));
+    assert!(event.outcome.is_ok());
+    assert_eq!(event.warnings.len(), 16);
+    // Cut to 64 bytes at a character boundary: the `é` would end at byte 65.
+    assert_eq!(event.warnings[0].path, format!("$.events[0].{}", "x".repeat(63)));
+    assert_eq!(event.warnings[15].path, "$.events[0].extra_14");
+    assert!(event.warnings[15].message.ends_with("; 5 more unknown keys are not listed"), "{}", event.warnings[15].message);
+    // The next event starts afresh.
+    let events = parse(&format!("[{{{base}, \"model\": \"m\"{many}}}, {{{base}, \"model\": \"m\", \"b\": 1}}]"), false).unwrap();
+    assert_eq!((events[0].warnings.len(), warnings_of(&events[1])), (16, vec![("$.events[1].b", "is not a field Tally knows and was ignored")]));
+}
+
+#[test]
+fn strict_fields_reject_the_event_at_its_first_unknown_field() {
+    let limits = Limits { strict_fields: true, ..limits() };
+    let base = generation_fields();
+    let body = format!("[{{{base}, \"model\": \"m\", \"input_token\": 5, \"colour\": 1}}, {{{base}, \"model\": \"m\"}}, {{{base}, \"modl\": \"m\"}}]");
+    let events = parse_body(body.as_bytes(), false, "p1", RECEIVED_AT_US, &limits).unwrap();
+    let error = events[0].outcome.as_ref().unwrap_err();
+    assert_eq!(
+        (error.code, error.path.as_str(), error.message.as_str()),
+        (
+            ErrorCode::UnknownField,
+            "$.events[0].input_token",
+            "is not a field Tally knows (ingest.strict_fields rejects such events); did you mean `input_tokens`?"
+        )
+    );
+    assert_eq!(events[0].event_id.as_deref(), Some(ID));
+    assert_eq!(warnings_of(&events[0]), [("$.events[0].colour", "is not a field Tally knows")]);
+    assert!(events[1].outcome.is_ok() && events[1].warnings.is_empty());
+    // The unknown field is reported before what it caused (here: no model).
+    assert_eq!(events[2].outcome.as_ref().unwrap_err().path, "$.events[2].modl");
+}
+
+#[test]
+fn suggestions_need_a_close_known_key() {
+    let closest = |name: &str| super::fields::Key::closest(name).map(|key| key.name());
+    assert_eq!(closest("INPUT_TOKENS"), Some("input_tokens"));
+    assert_eq!(closest("promptTokens"), Some("prompt_tokens"));
+    assert_eq!(closest("completion_token"), Some("completion_tokens"));
+    assert_eq!(closest("cost_usdd"), Some("cost_usd"));
+    assert_eq!(closest("traceid"), Some("trace_id"));
+    assert_eq!(closest("sesion_id"), Some("session_id"));
+    assert_eq!(closest("tokens"), None);
+    assert_eq!(closest("id"), None);
+    assert_eq!(closest("_"), None);
+    assert_eq!(closest(&"input_tokens".repeat(5)), None);
 }

@@ -3,7 +3,8 @@
 //! `tally_schemas::Event`.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
@@ -16,7 +17,7 @@ use super::fields::{
     FieldValue, Fields, Key, AGENT_RUN_ID, CACHE_CREATION_INPUT_TOKENS, CACHE_READ_INPUT_TOKENS, COST, DURATION, ERROR_TYPE, INPUT_TOKENS, MODEL,
     OUTPUT_TOKENS, PROVIDER, REASONING_TOKENS, SESSION_ID, START_TIME, THREAD_ID, USER_ID,
 };
-use super::{entry_path, event_path, key_path, ErrorCode, EventError, Limits, ParsedEvent};
+use super::{entry_path, event_path, key_path, ErrorCode, EventError, EventWarning, Limits, ParsedEvent};
 
 /// 2000-01-01T00:00:00Z: an earlier time is taken for a mistake (seconds for milliseconds).
 const EARLIEST_US: i64 = 946_684_800_000_000;
@@ -37,7 +38,12 @@ pub(super) struct Context<'a> {
     pub(super) received_at_us: i64,
     pub(super) limits: &'a Limits,
     window: Window,
+    /// Unknown key name to the known key it most likely misspells (see [`Context::suggestion`]).
+    suggestions: RefCell<HashMap<String, Option<Key>>>,
 }
+
+/// Most distinct unknown key names one request looks up a suggestion for.
+const MAX_SUGGESTED_NAMES: usize = 256;
 
 impl<'a> Context<'a> {
     pub(super) fn new(ndjson: bool, project_id: &'a str, received_at_us: i64, limits: &'a Limits) -> Self {
@@ -45,7 +51,7 @@ impl<'a> Context<'a> {
         let future_us = i64::try_from(limits.accept_future_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000);
         let window =
             Window { earliest_us: received_at_us.saturating_sub(past_us), latest_us: received_at_us.saturating_add(future_us).min(LATEST_US) };
-        Self { ndjson, project_id, received_at_us, limits, window }
+        Self { ndjson, project_id, received_at_us, limits, window, suggestions: RefCell::new(HashMap::new()) }
     }
 }
 
@@ -60,15 +66,63 @@ impl Context<'_> {
         let Some(fields) = fields else {
             let error =
                 EventError { code: ErrorCode::InvalidField, path: self.event_path(index), message: "an event must be a JSON object".into() };
-            return ParsedEvent { index, event_id: None, outcome: Err(error) };
+            return ParsedEvent { index, event_id: None, outcome: Err(error), warnings: Vec::new() };
         };
         let event_id = fields.get(Key::EventId).as_str().map(|id| {
             // The first 64 characters.
             let end = id.char_indices().nth(64).map_or(id.len(), |(end, _)| end);
             id[..end].to_owned()
         });
+        let (unknown, not_recorded) = fields.unknown();
+        if unknown.is_empty() {
+            let outcome = EventFields { fields, index, context: self }.into_event();
+            return ParsedEvent { index, event_id, outcome, warnings: Vec::new() };
+        }
+        let base = self.event_path(index);
+        let strict = self.limits.strict_fields;
+        let mut warnings: Vec<EventWarning> = unknown
+            .iter()
+            .enumerate()
+            .map(|(position, name)| {
+                let what = match (strict, position) {
+                    (false, _) => " and was ignored",
+                    (true, 0) => " (ingest.strict_fields rejects such events)",
+                    (true, _) => "",
+                };
+                let suggestion = self.suggestion(name).map(|key| format!("; did you mean `{}`?", key.name())).unwrap_or_default();
+                EventWarning { code: ErrorCode::UnknownField, path: key_path(&base, name), message: format!("is not a field Tally knows{what}{suggestion}") }
+            })
+            .collect();
+        if not_recorded > 0 {
+            if let Some(last) = warnings.last_mut() {
+                last.message.push_str(&format!("; {not_recorded} more unknown keys are not listed"));
+            }
+        }
+        if strict {
+            // The first unknown field rejects the event; the others stay warnings.
+            let first = warnings.remove(0);
+            let error = EventError { code: ErrorCode::UnknownField, path: first.path, message: first.message };
+            return ParsedEvent { index, event_id, outcome: Err(error), warnings };
+        }
         let outcome = EventFields { fields, index, context: self }.into_event();
-        ParsedEvent { index, event_id, outcome }
+        ParsedEvent { index, event_id, outcome, warnings }
+    }
+
+    /// [`Key::closest`] of an unknown key name, remembered for the rest of the request: a
+    /// client that misspells a field usually does so in every event of its batch. Past
+    /// [`MAX_SUGGESTED_NAMES`] distinct names a request gets no more suggestions, so that a
+    /// body full of made-up keys costs no more than their warnings.
+    fn suggestion(&self, name: &str) -> Option<Key> {
+        if let Some(known) = self.suggestions.borrow().get(name) {
+            return *known;
+        }
+        let mut suggestions = self.suggestions.borrow_mut();
+        if suggestions.len() >= MAX_SUGGESTED_NAMES {
+            return None;
+        }
+        let closest = Key::closest(name);
+        suggestions.insert(name.to_owned(), closest);
+        closest
     }
 }
 
