@@ -3,10 +3,20 @@
 //! answers only after Kafka acknowledged every accepted event.
 //!
 //! # Layout
-//! - [`parse`]: decompression, framing and per-event validation (pure, unit-tested).
+//! - [`parse`]: from a body to validated events, pure and unit-tested, one file per role:
+//!   - `parse/mod.rs`: the API ([`parse::parse_body`], [`parse::Limits`], [`parse::ParsedEvent`],
+//!     [`parse::ErrorCode`], the error and warning types) and the JSON paths of every answer
+//!     ([`parse::event_path`], also used here);
+//!   - `parse/decompress.rs`: `Content-Encoding` under the size limit;
+//!   - `parse/framing.rs`: JSON and NDJSON framing, the serde visitors;
+//!   - `parse/fields.rs`: the known keys and their aliases, the value slots, the unknown keys
+//!     and the "did you mean" lookup;
+//!   - `parse/validate.rs`: per-field checks, the time window around the receipt, unknown-field
+//!     warnings (or errors with `ingest.strict_fields`), building the `tally_schemas::Event`.
 //! - [`producer`]: produce a batch to Kafka and wait for its delivery reports.
 //! - [`metrics`]: this service's Prometheus metrics.
-//! - this file: the HTTP routes, the answers (200/207/400/401/403/413/503) and [`serve`].
+//! - this file: the HTTP routes, the answers (200/207/400/401/403/413/503; `answer_body`
+//!   builds their status and JSON, with the per-event warnings) and [`serve`].
 
 pub mod metrics;
 pub mod parse;
