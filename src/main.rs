@@ -82,6 +82,16 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         project: String,
+        /// What the key may do: ingest (write events), read (query API), admin (administration
+        /// through the API); several separated by commas.
+        #[arg(long, default_value = "ingest,read")]
+        scope: String,
+        /// A name to recognise the key by in `tally keys list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// When the key stops working: RFC 3339 time (2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
     },
     /// Revoke a key by id or printed prefix.
     Revoke { id_or_prefix: String },
@@ -204,9 +214,23 @@ async fn run_migrate(config: &Config) -> anyhow::Result<()> {
 async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let pool = stores::postgres_pool(&config.postgres)?;
     match command {
-        KeysCommand::Create { project } => {
-            let created = keys::create_key(&pool, &project).await?;
-            eprintln!("Created key {} for project {}. It is shown only now; store it safely:", created.id, created.project_id);
+        KeysCommand::Create { project, scope, name, expires_at } => {
+            let scopes = keys::parse_scopes(&scope)?;
+            let expires_at = expires_at
+                .map(|text| time::OffsetDateTime::parse(&text, &Rfc3339).with_context(|| format!("--expires-at {text:?} is not an RFC 3339 time")))
+                .transpose()?;
+            if expires_at.is_some_and(|at| at <= time::OffsetDateTime::now_utc()) {
+                anyhow::bail!("--expires-at is in the past");
+            }
+            let options = keys::NewKey { scopes: scopes.clone(), name, expires_at };
+            let created = keys::create_key_with(&pool, &project, &options).await?;
+            let scopes: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
+            eprintln!(
+                "Created key {} for project {} (scopes {}). It is shown only now; store it safely:",
+                created.id,
+                created.project_id,
+                scopes.join(",")
+            );
             println!("{}", created.key);
         }
         KeysCommand::Revoke { id_or_prefix } => {
@@ -214,15 +238,19 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             println!("revoked key {} ({}) of project {}", revoked.id, revoked.key_prefix, revoked.project_id);
         }
         KeysCommand::List { project } => {
-            println!("{:<36}  {:<20}  {:<16}  {:<25}  revoked", "id", "project", "prefix", "created");
+            let time = |at: Option<time::OffsetDateTime>| at.map(|t| t.format(&Rfc3339).unwrap_or_default()).unwrap_or_else(|| "-".into());
+            println!("{:<36}  {:<20}  {:<16}  {:<18}  {:<25}  {:<25}  {:<25}  name", "id", "project", "prefix", "scopes", "created", "expires", "revoked");
             for key in keys::list_keys(&pool, project.as_deref()).await? {
                 println!(
-                    "{:<36}  {:<20}  {:<16}  {:<25}  {}",
+                    "{:<36}  {:<20}  {:<16}  {:<18}  {:<25}  {:<25}  {:<25}  {}",
                     key.id,
                     key.project_id,
                     key.key_prefix,
+                    key.scopes.join(","),
                     key.created_at.format(&Rfc3339)?,
-                    key.revoked_at.map(|t| t.format(&Rfc3339).unwrap_or_default()).unwrap_or_else(|| "-".into())
+                    time(key.expires_at),
+                    time(key.revoked_at),
+                    key.name.as_deref().unwrap_or("-")
                 );
             }
         }

@@ -71,3 +71,18 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// How every service answers a failed authentication: 401 for missing, malformed, unknown and
+/// expired keys, 403 for revoked keys and for keys without the scope (code
+/// `insufficient_scope`), 503 with `Retry-After` while the key store is unavailable.
+impl From<crate::keys::AuthError> for ApiError {
+    fn from(error: crate::keys::AuthError) -> Self {
+        use crate::keys::AuthError;
+        match error {
+            AuthError::Revoked => ApiError::forbidden(error.to_string()),
+            AuthError::InsufficientScope { .. } => ApiError::new(StatusCode::FORBIDDEN, "insufficient_scope", error.to_string()),
+            AuthError::Unavailable => ApiError::unavailable("unavailable", "the key store is unavailable; retry later", 1),
+            AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired => ApiError::unauthorized(error.to_string()),
+        }
+    }
+}

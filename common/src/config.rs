@@ -256,11 +256,25 @@ pub struct QueryConfig {
     /// Longest time range a cost query may cover, in days.
     pub max_range_days: u32,
     pub key_cache_secs: u64,
+    /// ClickHouse stops a query of the query API after this long (`max_execution_time`).
+    pub max_execution_secs: u32,
+    /// Most points (time buckets times groups) in one `/v1/costs` answer.
+    pub max_result_points: usize,
+    /// Queries one project may run at once; more get 429.
+    pub max_concurrent_per_project: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8082".into(), max_page_size: 500, max_range_days: 400, key_cache_secs: 30 }
+        Self {
+            listen: "127.0.0.1:8082".into(),
+            max_page_size: 500,
+            max_range_days: 400,
+            key_cache_secs: 30,
+            max_execution_secs: 10,
+            max_result_points: 50_000,
+            max_concurrent_per_project: 4,
+        }
     }
 }
 
@@ -334,6 +348,11 @@ impl Config {
         }
         if self.processor.max_partitions_per_insert == 0 || self.processor.max_partitions_per_insert > 100 {
             return Err(ConfigError::Invalid("processor.max_partitions_per_insert must be between 1 and 100".into()));
+        }
+        if self.query.max_execution_secs == 0 || self.query.max_result_points == 0 || self.query.max_concurrent_per_project == 0 {
+            return Err(ConfigError::Invalid(
+                "query.max_execution_secs, query.max_result_points and query.max_concurrent_per_project must be at least 1".into(),
+            ));
         }
         if self.processor.price_refresh_secs == 0 {
             return Err(ConfigError::Invalid("processor.price_refresh_secs must be at least 1".into()));

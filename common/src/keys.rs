@@ -5,10 +5,20 @@
 //! there is nothing to brute-force, unlike passwords). A key belongs to exactly one project,
 //! and every request's project comes from its key, never from the body.
 //!
-//! [`Authenticator`] keeps Postgres off the per-request path with a small time-bounded cache:
-//! a revoked key stops working within `key_cache_secs`.
+//! A key carries scopes ([`Scope`]): `ingest` (write events), `read` (the query API) and
+//! `admin` (administration through the API); a key used outside them gets 403
+//! `insufficient_scope`. Keys created before scopes existed hold `ingest` and `read`
+//! (migrations/postgres/0003). A key may have a name and an expiry time.
+//!
+//! [`Authenticator`] keeps Postgres off the per-request path with time-bounded caches: a revoked
+//! key stops working within `key_cache_secs`. Keys that exist and keys that do not are cached
+//! apart, each bounded: a flood of made-up keys fills only the cache of unknown keys and cannot
+//! evict the known ones (before, both shared one map that was cleared when full).
 
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,7 +28,91 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 const KEY_PREFIX: &str = "tally_";
-const CACHE_CAPACITY: usize = 10_000;
+/// Entries of the cache of keys that exist (any outcome: valid, revoked, expired).
+const KNOWN_CAPACITY: usize = 10_000;
+/// Entries of the cache of keys that do not exist.
+const UNKNOWN_CAPACITY: usize = 10_000;
+
+/// What a key may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// `POST /v1/events` (and the other event inputs).
+    Ingest,
+    /// The query API.
+    Read,
+    /// Administration through the API (limits, prices, keys).
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Ingest, Scope::Read, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = KeyError;
+
+    fn from_str(text: &str) -> Result<Self, KeyError> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == text).ok_or_else(|| KeyError::BadScope(text.to_string()))
+    }
+}
+
+/// The scopes of a new key, parsed from `ingest,read`-style text.
+pub fn parse_scopes(text: &str) -> Result<Vec<Scope>, KeyError> {
+    let mut scopes: Vec<Scope> = text.split(',').map(str::trim).filter(|part| !part.is_empty()).map(Scope::from_str).collect::<Result<_, _>>()?;
+    scopes.sort();
+    scopes.dedup();
+    if scopes.is_empty() {
+        return Err(KeyError::BadScope(text.to_string()));
+    }
+    Ok(scopes)
+}
+
+/// An authenticated key: its project and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub project: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    /// `Ok` when the key holds `scope`; else [`AuthError::InsufficientScope`] (403).
+    pub fn require(&self, scope: Scope) -> Result<&Self, AuthError> {
+        if self.scopes.contains(&scope) {
+            Ok(self)
+        } else {
+            Err(AuthError::InsufficientScope { needed: scope, held: self.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",") })
+        }
+    }
+}
+
+/// Options of a new key.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
+impl Default for NewKey {
+    /// `ingest` and `read`, no name, no expiry: what every key could do before scopes.
+    fn default() -> Self {
+        NewKey { scopes: vec![Scope::Ingest, Scope::Read], name: None, expires_at: None }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -28,11 +122,16 @@ pub enum KeyError {
     Ambiguous(String, i64),
     #[error("no API key with id or prefix {0:?}")]
     NotFound(String),
+    #[error("unknown scope {0:?}: use one or more of ingest, read, admin, separated by commas")]
+    BadScope(String),
+    #[error("invalid key name {0:?}: at most 64 printable characters")]
+    BadName(String),
     #[error("postgres: {0}")]
     Store(#[from] sqlx::Error),
 }
 
-/// Why a request was not authenticated; 401 for missing/unknown keys, 403 for revoked ones.
+/// Why a request was not authenticated: 401 for missing, unknown and expired keys, 403 for
+/// revoked ones and keys without the scope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("missing Authorization: Bearer <api key> header")]
@@ -43,6 +142,10 @@ pub enum AuthError {
     Unknown,
     #[error("this API key has been revoked")]
     Revoked,
+    #[error("this API key has expired")]
+    Expired,
+    #[error("this API key's scopes ({held}) do not include {needed}")]
+    InsufficientScope { needed: Scope, held: String },
     #[error("the key store is unavailable")]
     Unavailable,
 }
@@ -62,6 +165,9 @@ pub struct KeyInfo {
     pub key_prefix: String,
     pub created_at: time::OffsetDateTime,
     pub revoked_at: Option<time::OffsetDateTime>,
+    pub scopes: Vec<String>,
+    pub name: Option<String>,
+    pub expires_at: Option<time::OffsetDateTime>,
 }
 
 pub fn validate_project_name(name: &str) -> Result<(), KeyError> {
@@ -80,23 +186,40 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Creates the project if needed and a new key for it.
+/// Creates the project if needed and a new `ingest`+`read` key for it.
 pub async fn create_key(pool: &PgPool, project: &str) -> Result<CreatedKey, KeyError> {
+    create_key_with(pool, project, &NewKey::default()).await
+}
+
+/// Creates the project if needed and a new key for it with `options`.
+pub async fn create_key_with(pool: &PgPool, project: &str, options: &NewKey) -> Result<CreatedKey, KeyError> {
     validate_project_name(project)?;
+    if options.scopes.is_empty() {
+        return Err(KeyError::BadScope(String::new()));
+    }
+    if let Some(name) = &options.name {
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(KeyError::BadName(name.clone()));
+        }
+    }
     let mut random = [0u8; 32];
     rand::rng().fill_bytes(&mut random);
     let key = format!("{KEY_PREFIX}{}", hex::encode(random));
     let id = Uuid::new_v4();
+    let scopes: Vec<&str> = options.scopes.iter().map(|scope| scope.as_str()).collect();
     let mut transaction = pool.begin().await?;
     sqlx::query("INSERT INTO projects (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
         .bind(project)
         .execute(&mut *transaction)
         .await?;
-    sqlx::query("INSERT INTO api_keys (id, project_id, key_prefix, key_hash) VALUES ($1, $2, $3, $4)")
+    sqlx::query("INSERT INTO api_keys (id, project_id, key_prefix, key_hash, scopes, name, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(id)
         .bind(project)
         .bind(&key[..KEY_PREFIX.len() + 8])
         .bind(&digest(&key)[..])
+        .bind(&scopes)
+        .bind(&options.name)
+        .bind(options.expires_at)
         .execute(&mut *transaction)
         .await?;
     transaction.commit().await?;
@@ -115,7 +238,7 @@ pub async fn revoke_key(pool: &PgPool, id_or_prefix: &str) -> Result<KeyInfo, Ke
     let revoked: Option<KeyInfo> = sqlx::query_as(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
          WHERE id = $1 OR ($1 IS NULL AND key_prefix = $2)
-         RETURNING id, project_id, key_prefix, created_at, revoked_at",
+         RETURNING id, project_id, key_prefix, created_at, revoked_at, scopes, name, expires_at",
     )
     .bind(id)
     .bind(id_or_prefix)
@@ -126,7 +249,7 @@ pub async fn revoke_key(pool: &PgPool, id_or_prefix: &str) -> Result<KeyInfo, Ke
 
 pub async fn list_keys(pool: &PgPool, project: Option<&str>) -> Result<Vec<KeyInfo>, KeyError> {
     Ok(sqlx::query_as(
-        "SELECT id, project_id, key_prefix, created_at, revoked_at FROM api_keys
+        "SELECT id, project_id, key_prefix, created_at, revoked_at, scopes, name, expires_at FROM api_keys
          WHERE $1::text IS NULL OR project_id = $1 ORDER BY project_id, created_at",
     )
     .bind(project)
@@ -134,20 +257,64 @@ pub async fn list_keys(pool: &PgPool, project: Option<&str>) -> Result<Vec<KeyIn
     .await?)
 }
 
-/// Resolves `Authorization` headers to projects, with a bounded, time-limited cache.
+/// Resolves `Authorization` headers to projects, with bounded, time-limited caches.
 pub struct Authenticator {
     pool: PgPool,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Result<String, AuthError>, Instant)>>,
+    cache: Mutex<KeyCache>,
+    lookups: AtomicU64,
+}
+
+/// Keys that exist and keys that do not, cached apart (see the module docs).
+#[derive(Default)]
+struct KeyCache {
+    known: HashMap<[u8; 32], (Result<Principal, AuthError>, Instant)>,
+    unknown: HashMap<[u8; 32], Instant>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &[u8; 32], ttl: Duration) -> Option<Result<Principal, AuthError>> {
+        if let Some((outcome, at)) = self.known.get(hash) {
+            return (at.elapsed() < ttl).then(|| outcome.clone());
+        }
+        self.unknown.get(hash).filter(|at| at.elapsed() < ttl).map(|_| Err(AuthError::Unknown))
+    }
+
+    fn put(&mut self, hash: [u8; 32], outcome: &Result<Principal, AuthError>, ttl: Duration) {
+        let now = Instant::now();
+        if matches!(outcome, Err(AuthError::Unknown)) {
+            if self.unknown.len() >= UNKNOWN_CAPACITY {
+                self.unknown.retain(|_, at| at.elapsed() < ttl);
+                if self.unknown.len() >= UNKNOWN_CAPACITY {
+                    self.unknown.clear();
+                }
+            }
+            self.unknown.insert(hash, now);
+        } else {
+            if self.known.len() >= KNOWN_CAPACITY {
+                // Only holders of real keys reach this: drop what expired, and only then all.
+                self.known.retain(|_, (_, at)| at.elapsed() < ttl);
+                if self.known.len() >= KNOWN_CAPACITY {
+                    self.known.clear();
+                }
+            }
+            self.known.insert(hash, (outcome.clone(), now));
+        }
+    }
 }
 
 impl Authenticator {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, cache: Mutex::new(HashMap::new()) }
+        Self { pool, ttl, cache: Mutex::new(KeyCache::default()), lookups: AtomicU64::new(0) }
     }
 
-    /// Returns the project of the key in an `Authorization: Bearer` header value.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<String, AuthError> {
+    /// How many keys were looked up in Postgres (cache misses) since start.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// Returns the project and scopes of the key in an `Authorization: Bearer` header value.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let key = header
             .strip_prefix("Bearer ")
@@ -159,30 +326,34 @@ impl Authenticator {
             return Err(AuthError::Unknown);
         }
         let hash = digest(key);
-        if let Some((outcome, at)) = self.cache.lock().expect("key cache poisoned").get(&hash) {
-            if at.elapsed() < self.ttl {
-                return outcome.clone();
+        if let Some(outcome) = self.cache.lock().expect("key cache poisoned").get(&hash, self.ttl) {
+            return outcome;
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        type KeyRow = (String, Option<time::OffsetDateTime>, Vec<String>, Option<time::OffsetDateTime>);
+        let row: Option<KeyRow> = sqlx::query_as("SELECT project_id, revoked_at, scopes, expires_at FROM api_keys WHERE key_hash = $1")
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "API key lookup failed");
+                AuthError::Unavailable
+            })?;
+        let now = time::OffsetDateTime::now_utc();
+        let (outcome, cacheable) = match row {
+            None => (Err(AuthError::Unknown), true),
+            Some((_, Some(_), _, _)) => (Err(AuthError::Revoked), true),
+            Some((_, None, _, Some(at))) if at <= now => (Err(AuthError::Expired), true),
+            Some((project, None, scopes, expires_at)) => {
+                let scopes: Vec<Scope> = scopes.iter().filter_map(|scope| scope.parse().ok()).collect();
+                // A key that expires within the cache time is not cached: it stops at its expiry.
+                let ttl = time::Duration::try_from(self.ttl).unwrap_or(time::Duration::MAX);
+                (Ok(Principal { project, scopes }), expires_at.is_none_or(|at| at - now > ttl))
             }
-        }
-        let row: Option<(String, Option<time::OffsetDateTime>)> =
-            sqlx::query_as("SELECT project_id, revoked_at FROM api_keys WHERE key_hash = $1")
-                .bind(&hash[..])
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|error| {
-                    tracing::warn!(%error, "API key lookup failed");
-                    AuthError::Unavailable
-                })?;
-        let outcome = match row {
-            None => Err(AuthError::Unknown),
-            Some((_, Some(_))) => Err(AuthError::Revoked),
-            Some((project, None)) => Ok(project),
         };
-        let mut cache = self.cache.lock().expect("key cache poisoned");
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
+        if cacheable {
+            self.cache.lock().expect("key cache poisoned").put(hash, &outcome, self.ttl);
         }
-        cache.insert(hash, (outcome.clone(), Instant::now()));
         outcome
     }
 }
@@ -190,6 +361,32 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_parse_and_are_required() {
+        assert_eq!(parse_scopes("read, ingest,read").unwrap(), [Scope::Ingest, Scope::Read]);
+        assert!(parse_scopes("write").is_err());
+        assert!(parse_scopes(" , ").is_err());
+        let principal = Principal { project: "p".into(), scopes: vec![Scope::Ingest] };
+        assert!(principal.require(Scope::Ingest).is_ok());
+        assert_eq!(principal.require(Scope::Read), Err(AuthError::InsufficientScope { needed: Scope::Read, held: "ingest".into() }));
+    }
+
+    #[test]
+    fn unknown_keys_do_not_evict_known_ones() {
+        let ttl = Duration::from_secs(60);
+        let mut cache = KeyCache::default();
+        let known = Ok(Principal { project: "p".into(), scopes: vec![Scope::Read] });
+        cache.put([1; 32], &known, ttl);
+        for index in 0..(UNKNOWN_CAPACITY as u32 * 3) {
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&index.to_le_bytes());
+            hash[31] = 0xff;
+            cache.put(hash, &Err(AuthError::Unknown), ttl);
+        }
+        assert_eq!(cache.get(&[1; 32], ttl), Some(known));
+        assert!(cache.unknown.len() <= UNKNOWN_CAPACITY);
+    }
 
     #[test]
     fn project_names() {

@@ -37,7 +37,7 @@ use prometheus::Registry;
 use serde::Serialize;
 use tally_common::api_error::ApiError;
 use tally_common::health::{self, Readiness};
-use tally_common::keys::{AuthError, Authenticator};
+use tally_common::keys::{Authenticator, Scope};
 use tally_common::shutdown::CancellationToken;
 use tally_common::telemetry::{self, HttpMetrics};
 use tally_common::{stores, Config};
@@ -187,14 +187,6 @@ struct IngestAnswer {
     warnings: Vec<AnswerWarning>,
 }
 
-fn auth_error(error: AuthError) -> ApiError {
-    match error {
-        AuthError::Revoked => ApiError::forbidden(error.to_string()),
-        AuthError::Unavailable => ApiError::unavailable("unavailable", "the key store is unavailable; retry later", RETRY_AFTER_SECS),
-        _ => ApiError::unauthorized(error.to_string()),
-    }
-}
-
 fn body_error(error: BodyError) -> ApiError {
     match error {
         BodyError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", error.to_string()),
@@ -255,7 +247,8 @@ async fn ingest_events(
         }
     })?;
     let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    let project = state.authenticator.authenticate(authorization).await.map_err(auth_error)?;
+    let principal = state.authenticator.authenticate(authorization).await?;
+    let project = principal.require(Scope::Ingest)?.project.clone();
     let span = tracing::info_span!("ingest_batch", project = %project, bytes = body.len());
     async move {
         let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);

@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //! - [`consumer`]: the consumer loop, batching and retry with backoff.
-//! - [`sink`]: the exactly-once write protocol over Postgres, ClickHouse and the DLQ topic.
+//! - [`sink`]: the exactly-once write protocol over Postgres, ClickHouse and the DLQ topic,
+//!   one file per step (`claim`, `clickhouse`, `dead_letter`, `commit`), the transient/refused
+//!   classification of store errors (`error`) and the search for refused events (`isolate`).
 //! - [`compaction`]: folding committed rollup rows into hourly and daily rows.
 //! - [`rollup`]: pure computation of rows from a batch (pricing, rollups, run deltas).
 //! - [`prices`]: the model price table (lookup, CSV import, seed).

@@ -25,7 +25,7 @@ use tally_common::compaction::{self, Frontier, MarkerState};
 use time::OffsetDateTime;
 
 use crate::params::{format_time, parse_optional_time};
-use crate::{authenticate, QueryState};
+use crate::{authenticate, limits, QueryState};
 
 /// The dimensions a cost query may group and filter by.
 pub const DIMENSIONS: [&str; 5] = ["application", "environment", "provider", "model", "user_id"];
@@ -211,7 +211,7 @@ pub async fn costs(
     headers: HeaderMap,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Json<CostsAnswer>, ApiError> {
-    let project = authenticate(&state, &headers).await?;
+    let (project, _permit) = authenticate(&state, &headers).await?;
     let query = parse_query(&params, state.max_range_days)?;
     let rows = read_rollups(&state, &project, &query).await?;
 
@@ -336,7 +336,13 @@ fn ceil_to(seconds: i64, unit: i64) -> i64 {
     seconds.div_euclid(unit) * unit + if seconds.rem_euclid(unit) == 0 { 0 } else { unit }
 }
 
-async fn fetch(client: &clickhouse::Client, project: &str, query: &CostQuery, branches: &[Branch]) -> Result<Vec<CostRow>, clickhouse::error::Error> {
+async fn fetch(
+    client: &clickhouse::Client,
+    project: &str,
+    query: &CostQuery,
+    branches: &[Branch],
+    max_points: usize,
+) -> Result<Vec<CostRow>, clickhouse::error::Error> {
     let filters: String = query.filters.iter().map(|(dimension, _)| format!(" AND {dimension} = ?")).collect();
     let union: Vec<String> = branches
         .iter()
@@ -365,11 +371,13 @@ async fn fetch(client: &clickhouse::Client, project: &str, query: &CostQuery, br
     group.extend(query.group_by.iter().map(|d| format!("group_{d}")));
     let sql = format!(
         "SELECT toUInt32(intDiv(toUInt32(t), {step}) * {step}) AS bucket, {dimensions}, {SUMS}
-         FROM ({union}) GROUP BY {group} ORDER BY {group}",
+         FROM ({union}) GROUP BY {group} ORDER BY {group} LIMIT {limit}",
         step = query.interval_seconds,
         dimensions = dimensions.join(", "),
         union = union.join(" UNION ALL "),
         group = group.join(", "),
+        // One more than the cap: an answer that reaches it is refused (see `read_rollups`).
+        limit = max_points + 1,
     );
     let mut statement = client.query(&sql);
     for branch in branches {
@@ -386,7 +394,9 @@ async fn fetch(client: &clickhouse::Client, project: &str, query: &CostQuery, br
 /// (or after one crashed) the batch rows alone answer, which is exact but slower.
 async fn read_rollups(state: &QueryState, project: &str, query: &CostQuery) -> Result<Vec<CostRow>, ApiError> {
     let client = &state.clickhouse;
-    let failed = |error: clickhouse::error::Error| ApiError::internal("reading the cost rollup", &error);
+    let failed = |error: clickhouse::error::Error| limits::clickhouse_error("reading the cost rollup", &error, state.max_execution_secs);
+    let max = state.max_result_points;
+    let capped = |rows: Vec<CostRow>| if rows.len() > max { Err(limits::result_too_large(max)) } else { Ok(rows) };
     let by_user = query.group_by.contains(&"user_id") || query.filters.iter().any(|(dimension, _)| *dimension == "user_id");
     let waited = std::time::Instant::now();
     while !by_user && waited.elapsed() < COMPACTION_WAIT {
@@ -400,12 +410,12 @@ async fn read_rollups(state: &QueryState, project: &str, query: &CostQuery) -> R
             }
         };
         let idle = nothing_newer(&state.pool, &state.topic, frontier).await.map_err(|error| ApiError::internal("reading partition progress", &error))?;
-        let rows = fetch(client, project, query, &plan(query, Some(frontier), idle)).await.map_err(failed)?;
+        let rows = fetch(client, project, query, &plan(query, Some(frontier), idle), max).await.map_err(failed)?;
         if compaction::latest_marker(client).await.map_err(failed)? == before {
-            return Ok(rows);
+            return capped(rows);
         }
     }
-    fetch(client, project, query, &plan(query, None, false)).await.map_err(failed)
+    capped(fetch(client, project, query, &plan(query, None, false), max).await.map_err(failed)?)
 }
 
 #[cfg(test)]

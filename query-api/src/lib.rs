@@ -4,10 +4,12 @@
 //! # Layout
 //! - [`costs`]: `GET /v1/costs`.
 //! - [`runs`]: `GET /v1/agent/runs` and `GET /v1/agent/runs/{run_id}`.
+//! - [`limits`]: what one query may cost (execution time, answer size, per-project concurrency).
 //! - [`params`]: parsing of times, limits and cursors, with errors naming the parameter.
 //! - this file: the router, authentication and [`serve`].
 
 pub mod costs;
+pub mod limits;
 pub mod params;
 pub mod runs;
 
@@ -22,7 +24,7 @@ use axum::{middleware, Router};
 use prometheus::Registry;
 use tally_common::api_error::ApiError;
 use tally_common::health::{self, Readiness};
-use tally_common::keys::{AuthError, Authenticator};
+use tally_common::keys::{Authenticator, Scope};
 use tally_common::shutdown::CancellationToken;
 use tally_common::telemetry::{self, HttpMetrics};
 use tally_common::{stores, Config};
@@ -34,6 +36,9 @@ pub struct QueryState {
     pub authenticator: Authenticator,
     pub max_page_size: u32,
     pub max_range_days: u32,
+    pub max_execution_secs: u32,
+    pub max_result_points: usize,
+    pub concurrency: limits::ProjectConcurrency,
     /// The events topic, whose `partition_progress` tells whether anything is newer than the
     /// last rollup compaction.
     pub topic: String,
@@ -43,7 +48,8 @@ pub struct QueryState {
 
 pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
     let pool = stores::postgres_pool(&config.postgres)?;
-    let clickhouse = stores::clickhouse_client(&config.clickhouse);
+    // Every query of this service ends after max_execution_secs (the server stops it).
+    let clickhouse = stores::clickhouse_client(&config.clickhouse).with_setting("max_execution_time", config.query.max_execution_secs.to_string());
     let probe_pool = pool.clone();
     let probe_clickhouse = clickhouse.clone();
     let readiness = Readiness::default()
@@ -61,6 +67,9 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
         clickhouse,
         max_page_size: config.query.max_page_size,
         max_range_days: config.query.max_range_days,
+        max_execution_secs: config.query.max_execution_secs,
+        max_result_points: config.query.max_result_points,
+        concurrency: limits::ProjectConcurrency::new(config.query.max_concurrent_per_project),
         topic: config.kafka.topic.clone(),
         registry: Registry::new(),
         readiness,
@@ -89,12 +98,12 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     Ok(())
 }
 
-/// The project of the request's API key.
-pub(crate) async fn authenticate(state: &QueryState, headers: &HeaderMap) -> Result<String, ApiError> {
+/// The project of the request's API key, which must hold the `read` scope,
+/// and a permit to run one query for it (held until the answer is built; see [`limits`]).
+pub(crate) async fn authenticate(state: &QueryState, headers: &HeaderMap) -> Result<(String, tokio::sync::OwnedSemaphorePermit), ApiError> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    state.authenticator.authenticate(authorization).await.map_err(|error| match error {
-        AuthError::Revoked => ApiError::forbidden(error.to_string()),
-        AuthError::Unavailable => ApiError::unavailable("unavailable", "the key store is unavailable; retry later", 1),
-        _ => ApiError::unauthorized(error.to_string()),
-    })
+    let principal = state.authenticator.authenticate(authorization).await?;
+    principal.require(Scope::Read)?;
+    let permit = state.concurrency.acquire(&principal.project)?;
+    Ok((principal.project, permit))
 }

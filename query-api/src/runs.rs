@@ -109,7 +109,7 @@ pub async fn list_runs(
     headers: HeaderMap,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Json<RunPage>, ApiError> {
-    let project = authenticate(&state, &headers).await?;
+    let (project, _permit) = authenticate(&state, &headers).await?;
     for name in params.keys() {
         if !matches!(name.as_str(), "user_id" | "status" | "from" | "to" | "limit" | "cursor") {
             return Err(ApiError::bad_parameter(name, format!("unknown parameter {name:?}; known: user_id, status, from, to, limit, cursor")));
@@ -203,7 +203,7 @@ pub async fn get_run(
     headers: HeaderMap,
     Path(run_id): Path<String>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let project = authenticate(&state, &headers).await?;
+    let (project, _permit) = authenticate(&state, &headers).await?;
     if run_id.len() > 256 {
         return Err(ApiError::bad_parameter("run_id", "run_id is longer than 256 bytes"));
     }
@@ -233,6 +233,6 @@ pub async fn get_run(
         .bind(MAX_RUN_GENERATIONS)
         .fetch_all()
         .await
-        .map_err(|error| ApiError::internal("reading a run's generations", &error))?;
+        .map_err(|error| crate::limits::clickhouse_error("reading a run's generations", &error, state.max_execution_secs))?;
     Ok(Json(RunDetail { run: row.into(), generations }))
 }
