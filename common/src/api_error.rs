@@ -17,6 +17,8 @@ pub struct ApiError {
     pub parameter: Option<String>,
     /// Seconds after which the client should retry (429/503).
     pub retry_after_secs: Option<u32>,
+    /// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` of a quota (429).
+    pub rate_limit: Option<(u32, u64, u64)>,
 }
 
 #[derive(Serialize)]
@@ -34,7 +36,7 @@ struct Inner<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), parameter: None, retry_after_secs: None }
+        Self { status, code, message: message.into(), parameter: None, retry_after_secs: None, rate_limit: None }
     }
     pub fn bad_parameter(parameter: &str, message: impl Into<String>) -> Self {
         Self {
@@ -68,13 +70,20 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some((limit, remaining, reset)) = self.rate_limit {
+            let headers = response.headers_mut();
+            headers.insert("ratelimit-limit", HeaderValue::from(limit));
+            headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
+            headers.insert("ratelimit-reset", HeaderValue::from(reset));
+        }
         response
     }
 }
 
 /// How every service answers a failed authentication: 401 for missing, malformed, unknown and
 /// expired keys, 403 for revoked keys and for keys without the scope (code
-/// `insufficient_scope`), 503 with `Retry-After` while the key store is unavailable.
+/// `insufficient_scope`), 429 with `Retry-After` for an address with too many failed attempts,
+/// 503 with `Retry-After` while the key store is unavailable.
 impl From<crate::keys::AuthError> for ApiError {
     fn from(error: crate::keys::AuthError) -> Self {
         use crate::keys::AuthError;
@@ -82,6 +91,9 @@ impl From<crate::keys::AuthError> for ApiError {
             AuthError::Revoked => ApiError::forbidden(error.to_string()),
             AuthError::InsufficientScope { .. } => ApiError::new(StatusCode::FORBIDDEN, "insufficient_scope", error.to_string()),
             AuthError::Unavailable => ApiError::unavailable("unavailable", "the key store is unavailable; retry later", 1),
+            AuthError::TooManyFailures => {
+                ApiError { retry_after_secs: Some(1), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_failed_authentications", error.to_string()) }
+            }
             AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired => ApiError::unauthorized(error.to_string()),
         }
     }

@@ -184,6 +184,20 @@ pub struct IngestConfig {
     /// Reject an event with a field ingest does not know (`unknown_field`) instead of accepting
     /// it with a warning in the answer.
     pub strict_fields: bool,
+    /// Failed authentications (unknown, revoked, expired keys not in the cache) allowed per
+    /// client address and second, after a burst of `failed_auth_burst`; then 429.
+    pub failed_auth_per_sec: f64,
+    pub failed_auth_burst: u32,
+    /// Requests handled at once; more get 503 `overloaded` at once (no queue).
+    pub max_concurrent_requests: usize,
+    /// Longest time to receive a request body; a slower client gets 408 (slowloris).
+    pub body_read_timeout_ms: u64,
+    /// Events per second each project may send, with a burst of `quota_burst_secs` seconds'
+    /// worth; 0 turns the quota off. Per ingest instance.
+    pub quota_events_per_sec: u32,
+    pub quota_burst_secs: u32,
+    /// Per-project quotas (events per second) that replace `quota_events_per_sec`.
+    pub project_quotas: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for IngestConfig {
@@ -199,6 +213,13 @@ impl Default for IngestConfig {
             accept_past_days: 400,
             accept_future_secs: 3600,
             strict_fields: false,
+            failed_auth_per_sec: 2.0,
+            failed_auth_burst: 20,
+            max_concurrent_requests: 256,
+            body_read_timeout_ms: 30_000,
+            quota_events_per_sec: 0,
+            quota_burst_secs: 2,
+            project_quotas: Default::default(),
         }
     }
 }
@@ -262,6 +283,9 @@ pub struct QueryConfig {
     pub max_result_points: usize,
     /// Queries one project may run at once; more get 429.
     pub max_concurrent_per_project: usize,
+    /// As for ingest: failed authentications allowed per client address and second, and burst.
+    pub failed_auth_per_sec: f64,
+    pub failed_auth_burst: u32,
 }
 
 impl Default for QueryConfig {
@@ -274,6 +298,8 @@ impl Default for QueryConfig {
             max_execution_secs: 10,
             max_result_points: 50_000,
             max_concurrent_per_project: 4,
+            failed_auth_per_sec: 2.0,
+            failed_auth_burst: 20,
         }
     }
 }
@@ -352,6 +378,16 @@ impl Config {
         if self.query.max_execution_secs == 0 || self.query.max_result_points == 0 || self.query.max_concurrent_per_project == 0 {
             return Err(ConfigError::Invalid(
                 "query.max_execution_secs, query.max_result_points and query.max_concurrent_per_project must be at least 1".into(),
+            ));
+        }
+        for (section, rate) in [("ingest", self.ingest.failed_auth_per_sec), ("query", self.query.failed_auth_per_sec)] {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::Invalid(format!("{section}.failed_auth_per_sec must be a positive number")));
+            }
+        }
+        if self.ingest.max_concurrent_requests == 0 || self.ingest.body_read_timeout_ms == 0 || self.ingest.quota_burst_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "ingest.max_concurrent_requests, ingest.body_read_timeout_ms and ingest.quota_burst_secs must be at least 1".into(),
             ));
         }
         if self.processor.price_refresh_secs == 0 {

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -27,11 +28,15 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::rate_limit::{KeyedBuckets, Rate};
+
 const KEY_PREFIX: &str = "tally_";
 /// Entries of the cache of keys that exist (any outcome: valid, revoked, expired).
 const KNOWN_CAPACITY: usize = 10_000;
 /// Entries of the cache of keys that do not exist.
 const UNKNOWN_CAPACITY: usize = 10_000;
+/// Client addresses whose failed authentications are counted.
+const FAILURE_ADDRESSES: usize = 10_000;
 
 /// What a key may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -146,6 +151,8 @@ pub enum AuthError {
     Expired,
     #[error("this API key's scopes ({held}) do not include {needed}")]
     InsufficientScope { needed: Scope, held: String },
+    #[error("too many failed authentications from this address; retry later")]
+    TooManyFailures,
     #[error("the key store is unavailable")]
     Unavailable,
 }
@@ -257,12 +264,17 @@ pub async fn list_keys(pool: &PgPool, project: Option<&str>) -> Result<Vec<KeyIn
     .await?)
 }
 
-/// Resolves `Authorization` headers to projects, with bounded, time-limited caches.
+/// Resolves `Authorization` headers to projects, with bounded, time-limited caches, and a limit
+/// on failed lookups per client address: a client that sends made-up keys is refused (429)
+/// before its guesses reach Postgres, while keys already in the cache keep working from any
+/// address.
 pub struct Authenticator {
     pool: PgPool,
     ttl: Duration,
     cache: Mutex<KeyCache>,
     lookups: AtomicU64,
+    failures: KeyedBuckets<IpAddr>,
+    failure_rate: Option<Rate>,
 }
 
 /// Keys that exist and keys that do not, cached apart (see the module docs).
@@ -305,7 +317,21 @@ impl KeyCache {
 
 impl Authenticator {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, cache: Mutex::new(KeyCache::default()), lookups: AtomicU64::new(0) }
+        Self {
+            pool,
+            ttl,
+            cache: Mutex::new(KeyCache::default()),
+            lookups: AtomicU64::new(0),
+            failures: KeyedBuckets::new(FAILURE_ADDRESSES),
+            failure_rate: None,
+        }
+    }
+
+    /// Allows each client address `rate` failed authentications (unknown, revoked or expired
+    /// keys that were not in the cache); past it, [`AuthError::TooManyFailures`].
+    pub fn with_failure_limit(mut self, rate: Rate) -> Self {
+        self.failure_rate = Some(rate);
+        self
     }
 
     /// How many keys were looked up in Postgres (cache misses) since start.
@@ -315,6 +341,12 @@ impl Authenticator {
 
     /// Returns the project and scopes of the key in an `Authorization: Bearer` header value.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        self.authenticate_from(None, header).await
+    }
+
+    /// As [`Authenticator::authenticate`], for a request from `client` (failed lookups count
+    /// against its address).
+    pub async fn authenticate_from(&self, client: Option<IpAddr>, header: Option<&str>) -> Result<Principal, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let key = header
             .strip_prefix("Bearer ")
@@ -328,6 +360,12 @@ impl Authenticator {
         let hash = digest(key);
         if let Some(outcome) = self.cache.lock().expect("key cache poisoned").get(&hash, self.ttl) {
             return outcome;
+        }
+        let limited = client.zip(self.failure_rate);
+        if let Some((address, rate)) = limited {
+            if !self.failures.allows(&address, rate) {
+                return Err(AuthError::TooManyFailures);
+            }
         }
         self.lookups.fetch_add(1, Ordering::Relaxed);
         type KeyRow = (String, Option<time::OffsetDateTime>, Vec<String>, Option<time::OffsetDateTime>);
@@ -353,6 +391,9 @@ impl Authenticator {
         };
         if cacheable {
             self.cache.lock().expect("key cache poisoned").put(hash, &outcome, self.ttl);
+        }
+        if let (Some((address, rate)), Err(_)) = (limited, &outcome) {
+            let _ = self.failures.take(&address, 1.0, rate);
         }
         outcome
     }

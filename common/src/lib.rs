@@ -10,6 +10,7 @@
 //! - [`compaction`]: the rollup compaction frontier the processor writes and the query API reads.
 //! - [`api_error`]: the JSON error every HTTP endpoint answers with.
 //! - [`health`]: `/health` and `/ready` handlers shared by the services.
+//! - [`rate_limit`]: token buckets per key (ingest quotas, failed authentications per address).
 
 pub mod api_error;
 pub mod compaction;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod health;
 pub mod keys;
 pub mod migrate;
+pub mod rate_limit;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;

@@ -18,17 +18,18 @@
 //! - this file: the HTTP routes, the answers (200/207/400/401/403/413/503; `answer_body`
 //!   builds their status and JSON, with the per-event warnings) and [`serve`].
 
+pub mod admission;
 pub mod metrics;
 pub mod parse;
 pub mod producer;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -37,7 +38,8 @@ use prometheus::Registry;
 use serde::Serialize;
 use tally_common::api_error::ApiError;
 use tally_common::health::{self, Readiness};
-use tally_common::keys::{Authenticator, Scope};
+use tally_common::keys::{AuthError, Authenticator, Scope};
+use tally_common::rate_limit::Rate;
 use tally_common::shutdown::CancellationToken;
 use tally_common::telemetry::{self, HttpMetrics};
 use tally_common::{stores, Config};
@@ -55,6 +57,7 @@ const RETRY_AFTER_SECS: u32 = 1;
 /// Everything a request handler needs.
 pub struct IngestState {
     limits: Limits,
+    admission: admission::Admission,
     authenticator: Authenticator,
     producer: EventProducer,
     metrics: IngestMetrics,
@@ -89,9 +92,11 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<IngestState>> {
             let pool = probe_pool.clone();
             async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(|e| e.to_string()) }
         });
+    let failures = Rate { per_second: config.ingest.failed_auth_per_sec, burst: f64::from(config.ingest.failed_auth_burst.max(1)) };
     Ok(Arc::new(IngestState {
         limits,
-        authenticator: Authenticator::new(pool, Duration::from_secs(config.ingest.key_cache_secs)),
+        admission: admission::Admission::new(&config.ingest),
+        authenticator: Authenticator::new(pool, Duration::from_secs(config.ingest.key_cache_secs)).with_failure_limit(failures),
         producer,
         metrics,
         registry,
@@ -126,7 +131,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
             tracing::warn!(%error, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    // The client's address, for the limit on failed authentications per address.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     state.producer.flush(Duration::from_secs(10));
     tracing::info!("ingest stopped");
     Ok(())
@@ -234,27 +240,40 @@ fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String,
     Ok(Prepared { parsed, messages, message_index })
 }
 
-async fn ingest_events(
-    State(state): State<Arc<IngestState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            body_error(BodyError::TooLarge { limit: state.limits.max_body_bytes })
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rejection.body_text())
+async fn ingest_events(State(state): State<Arc<IngestState>>, request: Request) -> Result<Response, ApiError> {
+    // Admission (see `admission`): a slot, the key, the quota's precheck, then the body.
+    let _slot = state.admission.enter().inspect_err(|_| state.metrics.refused.with_label_values(&["overloaded"]).inc())?;
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let principal = state.authenticator.authenticate_from(client, authorization).await.inspect_err(|error| {
+        if *error == AuthError::TooManyFailures {
+            state.metrics.refused.with_label_values(&["failed_auth"]).inc();
         }
     })?;
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    let principal = state.authenticator.authenticate(authorization).await?;
     let project = principal.require(Scope::Ingest)?.project.clone();
+    state.admission.precheck(&project).inspect_err(|_| state.metrics.refused.with_label_values(&["quota"]).inc())?;
+    let limit = state.limits.max_body_bytes;
+    let body = match tokio::time::timeout(state.admission.body_read_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => {
+            state.metrics.refused.with_label_values(&["slow_body"]).inc();
+            let seconds = state.admission.body_read_timeout.as_secs_f64();
+            return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the body did not arrive within {seconds} s (ingest.body_read_timeout_ms)")));
+        }
+        Ok(Err(error)) if std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>()) => {
+            return Err(body_error(BodyError::TooLarge { limit }));
+        }
+        Ok(Err(error)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the body could not be read: {error}"))),
+        Ok(Ok(body)) => body,
+    };
     let span = tracing::info_span!("ingest_batch", project = %project, bytes = body.len());
     async move {
         let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
         let ndjson = content_type.starts_with("application/x-ndjson") || content_type.starts_with("application/ndjson");
         let limits = state.limits.clone();
+        let quota_project = project.clone();
         let prepare_seconds = state.metrics.prepare_seconds.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let _timer = prepare_seconds.start_timer();
@@ -267,6 +286,7 @@ async fn ingest_events(
                 body_error(error)
             })?;
         state.metrics.batch_events.observe(prepared.parsed.len() as f64);
+        let quota = state.admission.charge(&quota_project, prepared.parsed.len()).inspect_err(|_| state.metrics.refused.with_label_values(&["quota"]).inc())?;
 
         let produced = match state.producer.produce_all(&prepared.messages).await {
             Ok(produced) => produced,
@@ -274,7 +294,11 @@ async fn ingest_events(
                 return Err(ApiError::unavailable("backpressure", format!("{error}; nothing of this request was accepted"), RETRY_AFTER_SECS));
             }
         };
-        Ok(answer(&state, prepared, produced))
+        let mut response = answer(&state, prepared, produced);
+        if let Some(quota) = quota {
+            quota.apply(response.headers_mut());
+        }
+        Ok(response)
     }
     .instrument(span)
     .await

@@ -8,6 +8,9 @@ pub struct IngestMetrics {
     pub events: IntCounterVec,
     /// Requests refused for backpressure, by reason.
     pub backpressure: IntCounterVec,
+    /// Requests refused by admission (see admission.rs), by reason: overloaded, failed_auth,
+    /// slow_body, quota.
+    pub refused: IntCounterVec,
     /// Time from the first produce call of a request to its last delivery report.
     pub produce_seconds: Histogram,
     /// Time to decompress, parse, validate and Avro-encode one request's body (CPU work).
@@ -23,6 +26,10 @@ impl IngestMetrics {
         let events = IntCounterVec::new(Opts::new("tally_ingest_events_total", "Events received, by outcome"), &["outcome"])?;
         let backpressure = IntCounterVec::new(
             Opts::new("tally_ingest_backpressure_total", "Requests refused with 503 for backpressure, by reason"),
+            &["reason"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new("tally_ingest_refused_requests_total", "Requests refused before their events were read, by reason (overloaded, failed_auth, slow_body, quota)"),
             &["reason"],
         )?;
         let produce_seconds = Histogram::with_opts(
@@ -42,9 +49,10 @@ impl IngestMetrics {
         registry.register(Box::new(producer_replacements.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(backpressure.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(produce_seconds.clone()))?;
         registry.register(Box::new(batch_events.clone()))?;
         registry.register(Box::new(prepare_seconds.clone()))?;
-        Ok(Self { events, backpressure, produce_seconds, prepare_seconds, batch_events, producer_replacements })
+        Ok(Self { events, backpressure, refused, produce_seconds, prepare_seconds, batch_events, producer_replacements })
     }
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use rust_decimal::Decimal;
@@ -208,10 +208,11 @@ pub fn parse_query(params: &BTreeMap<String, String>, max_range_days: u32) -> Re
 #[tracing::instrument(name = "costs", skip_all)]
 pub async fn costs(
     State(state): State<Arc<QueryState>>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Json<CostsAnswer>, ApiError> {
-    let (project, _permit) = authenticate(&state, &headers).await?;
+    let (project, _permit) = authenticate(&state, client, &headers).await?;
     let query = parse_query(&params, state.max_range_days)?;
     let rows = read_rollups(&state, &project, &query).await?;
 

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod params;
 pub mod runs;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use prometheus::Registry;
 use tally_common::api_error::ApiError;
 use tally_common::health::{self, Readiness};
 use tally_common::keys::{Authenticator, Scope};
+use tally_common::rate_limit::Rate;
 use tally_common::shutdown::CancellationToken;
 use tally_common::telemetry::{self, HttpMetrics};
 use tally_common::{stores, Config};
@@ -62,7 +64,10 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
             async move { client.query("SELECT 1").execute().await.map_err(|e| e.to_string()) }
         });
     Ok(Arc::new(QueryState {
-        authenticator: Authenticator::new(pool.clone(), Duration::from_secs(config.query.key_cache_secs)),
+        authenticator: Authenticator::new(pool.clone(), Duration::from_secs(config.query.key_cache_secs)).with_failure_limit(Rate {
+            per_second: config.query.failed_auth_per_sec,
+            burst: f64::from(config.query.failed_auth_burst.max(1)),
+        }),
         pool,
         clickhouse,
         max_page_size: config.query.max_page_size,
@@ -93,16 +98,21 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     let state = build(&config)?;
     let app = router(state)?;
     tracing::info!(address = %listener.local_addr()?, "query API listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    // The client's address, for the limit on failed authentications per address.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     tracing::info!("query API stopped");
     Ok(())
 }
 
 /// The project of the request's API key, which must hold the `read` scope,
 /// and a permit to run one query for it (held until the answer is built; see [`limits`]).
-pub(crate) async fn authenticate(state: &QueryState, headers: &HeaderMap) -> Result<(String, tokio::sync::OwnedSemaphorePermit), ApiError> {
+pub(crate) async fn authenticate(
+    state: &QueryState,
+    client: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(String, tokio::sync::OwnedSemaphorePermit), ApiError> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    let principal = state.authenticator.authenticate(authorization).await?;
+    let principal = state.authenticator.authenticate_from(Some(client.ip()), authorization).await?;
     principal.require(Scope::Read)?;
     let permit = state.concurrency.acquire(&principal.project)?;
     Ok((principal.project, permit))

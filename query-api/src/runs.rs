@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use rust_decimal::Decimal;
@@ -106,10 +106,11 @@ const RUN_COLUMNS: &str = "run_id, user_id, thread_id, name, status, started_at,
 #[tracing::instrument(name = "list_runs", skip_all)]
 pub async fn list_runs(
     State(state): State<Arc<QueryState>>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Json<RunPage>, ApiError> {
-    let (project, _permit) = authenticate(&state, &headers).await?;
+    let (project, _permit) = authenticate(&state, client, &headers).await?;
     for name in params.keys() {
         if !matches!(name.as_str(), "user_id" | "status" | "from" | "to" | "limit" | "cursor") {
             return Err(ApiError::bad_parameter(name, format!("unknown parameter {name:?}; known: user_id, status, from, to, limit, cursor")));
@@ -200,10 +201,11 @@ const MAX_RUN_GENERATIONS: u32 = 1_000;
 #[tracing::instrument(name = "get_run", skip_all)]
 pub async fn get_run(
     State(state): State<Arc<QueryState>>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Path(run_id): Path<String>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let (project, _permit) = authenticate(&state, &headers).await?;
+    let (project, _permit) = authenticate(&state, client, &headers).await?;
     if run_id.len() > 256 {
         return Err(ApiError::bad_parameter("run_id", "run_id is longer than 256 bytes"));
     }

@@ -180,8 +180,8 @@ impl<'a> EventFields<'a, '_> {
     fn tokens(&self, names: &[Key]) -> Result<i64, EventError> {
         let Some((name, value)) = self.find(names) else { return Ok(0) };
         match value.as_number().and_then(Number::as_u64) {
-            Some(count) if count <= 1_000_000_000_000 => Ok(count as i64),
-            Some(_) => Err(self.error(ErrorCode::InvalidField, name, "is larger than 10^12")),
+            Some(count) if count <= 1_000_000_000 => Ok(count as i64),
+            Some(_) => Err(self.error(ErrorCode::InvalidField, name, "is larger than 10^9")),
             None => Err(self.error(ErrorCode::InvalidField, name, "must be a non-negative integer")),
         }
     }
