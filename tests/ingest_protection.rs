@@ -128,3 +128,42 @@ async fn guessed_keys_are_refused_before_postgres_and_known_keys_keep_working() 
     assert_eq!(send(key).await.0, 200, "a cached key works from the same address");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_fields_are_answered_per_event_through_ingest() {
+    let mut env = TestEnv::new().await;
+    let url = env.start_ingest().await;
+    let key = env.api_key("typos").await;
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let generation = |extra: Value| {
+        let mut event = json!({"type": "generation", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": "t", "provider": "openai",
+                               "model": "gpt-4o-mini", "start_time": now_ms, "output_tokens": 2});
+        for (name, value) in extra.as_object().unwrap() {
+            event[name] = value.clone();
+        }
+        event
+    };
+    let body = json!({"events": [
+        generation(json!({"input_tokens": 10})),
+        generation(json!({"input_token": 10})),                        // a typo: accepted with a warning
+        generation(json!({"start_time": "2150-06-01T00:00:00Z"})),     // after 2106: rejected
+        generation(json!({"start_time": now_ms + 7_200_000})),         // two hours ahead: rejected
+        generation(json!({"input_tokens": 2_000_000_000u64})),         // over 10^9: rejected
+    ]});
+    let response = env.http.post(format!("{url}/v1/events")).bearer_auth(&key).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 207);
+    let answer: Value = response.json().await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    let statuses: Vec<&str> = results.iter().map(|result| result["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["accepted", "accepted", "rejected", "rejected", "rejected"], "{answer}");
+    let warning = &results[1]["warnings"][0];
+    assert_eq!(warning["code"], "unknown_field", "{answer}");
+    assert_eq!(warning["path"], "$.events[1].input_token", "{answer}");
+    assert!(warning["message"].as_str().unwrap().contains("input_tokens"), "{answer}");
+    for (index, code, field) in [(2, "out_of_window", "start_time"), (3, "out_of_window", "start_time"), (4, "invalid_field", "input_tokens")] {
+        let error = &results[index]["error"];
+        assert_eq!(error["code"], code, "{answer}");
+        assert_eq!(error["path"], format!("$.events[{index}].{field}"), "{answer}");
+    }
+    env.cleanup().await;
+}

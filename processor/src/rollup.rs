@@ -152,7 +152,32 @@ impl RollupRow {
 
     /// The same row with every metric zero: written over a row whose only events were refused.
     pub fn zeroed(&self) -> RollupRow {
+        let key = RollupKey {
+            project_id: &self.project_id,
+            hour: self.hour,
+            application: &self.application,
+            environment: &self.environment,
+            provider: &self.provider,
+            model: &self.model,
+            user_id: &self.user_id,
+        };
+        RollupRow::empty(key, self.source_partition, self.source_batch_start, self.batch_end)
+    }
+
+    /// The row of `key` in the batch `[batch_start, batch_end)` of `partition`, with every
+    /// metric zero.
+    fn empty(key: RollupKey<'_>, partition: i32, batch_start: i64, batch_end: u64) -> RollupRow {
         RollupRow {
+            project_id: key.project_id.to_owned(),
+            hour: key.hour,
+            application: key.application.to_owned(),
+            environment: key.environment.to_owned(),
+            provider: key.provider.to_owned(),
+            model: key.model.to_owned(),
+            user_id: key.user_id.to_owned(),
+            source_partition: partition,
+            source_batch_start: batch_start,
+            batch_end,
             requests: 0,
             errors: 0,
             input_tokens: 0,
@@ -167,7 +192,6 @@ impl RollupRow {
             unpriced_requests: 0,
             latency_bucket_ids: Vec::new(),
             latency_bucket_counts: Vec::new(),
-            ..self.clone()
         }
     }
 }
@@ -286,32 +310,7 @@ pub fn compute(
             CostSource::Unpriced => output.unpriced += 1,
             _ => output.priced += 1,
         }
-        let row = rollups.entry(key).or_insert_with(|| RollupRow {
-            project_id: key.project_id.to_owned(),
-            hour: key.hour,
-            application: key.application.to_owned(),
-            environment: key.environment.to_owned(),
-            provider: key.provider.to_owned(),
-            model: key.model.to_owned(),
-            user_id: key.user_id.to_owned(),
-            source_partition: partition,
-            source_batch_start: batch_start,
-            batch_end: batch_end as u64,
-            requests: 0,
-            errors: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cache_read_input_tokens: 0,
-            cache_creation_input_tokens: 0,
-            reasoning_tokens: 0,
-            cache_hits: 0,
-            cost: 0,
-            priced_requests: 0,
-            client_cost_requests: 0,
-            unpriced_requests: 0,
-            latency_bucket_ids: Vec::new(),
-            latency_bucket_counts: Vec::new(),
-        });
+        let row = rollups.entry(key).or_insert_with(|| RollupRow::empty(key, partition, batch_start, batch_end as u64));
         let is_error = generation.status == GenerationStatus::Error;
         row.requests += 1;
         row.errors += u64::from(is_error);
