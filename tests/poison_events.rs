@@ -1,8 +1,10 @@
 //! Events the stores refuse must not stall the pipeline: they go to the dead-letter topic with
 //! the reason, and every other event (of the same batch, the same partition, other projects)
-//! is still counted within the normal lag. The hostile events are produced straight to the
-//! topic, as an older ingest, `tally dlq replay` or another producer could, so they reach the
-//! processor past ingest's own checks; the good traffic goes through ingest.
+//! is still counted within the normal lag. The hostile events go through ingest where ingest
+//! lets them pass (a run total at the edge of `bigint`, 130 months in one request with a wide
+//! time window, run metadata that grows with every report); a generation dated after 2106,
+//! which ingest refuses, is produced straight to the topic, as an older ingest, `tally dlq
+//! replay` or another producer could.
 
 mod support;
 
@@ -11,9 +13,10 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::truth::{assert_exact, counted, send_all, set_price};
+use serde_json::{json, Value};
 use support::{eventually, TestEnv};
 use tally_common::stores;
-use tally_schemas::{AgentRun, CacheStatus, Event, Generation, GenerationStatus, RunStatus};
+use tally_schemas::{CacheStatus, Event, Generation, GenerationStatus};
 
 const HOSTILE: &str = "hostile";
 const NOV_2026_US: i64 = 1_793_527_200_000_000; // 2026-11-01T10:00:00Z
@@ -52,23 +55,33 @@ fn generation(trace: &str, start_time_us: i64, input_tokens: i64, run: Option<&s
     })
 }
 
-fn run_report(run_id: &str, report: usize) -> Event {
-    // 60 new keys of ~100 bytes per report, and `k0` changed every time.
-    let mut metadata: BTreeMap<String, String> = (0..60).map(|key| (format!("r{report}-k{key}"), "x".repeat(100))).collect();
-    metadata.insert("k0".into(), format!("report {report}"));
-    Event::AgentRun(AgentRun {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        project_id: HOSTILE.into(),
-        run_id: run_id.into(),
-        user_id: Some("mallory".into()),
-        thread_id: None,
-        name: Some("grows".into()),
-        status: RunStatus::Running,
-        start_time_us: NOV_2026_US,
-        end_time_us: None,
-        metadata,
-        received_at_us: NOV_2026_US,
-    })
+/// A generation as a client sends it to ingest.
+fn generation_json(trace: &str, start_time_us: i64, input_tokens: i64, run: Option<&str>) -> Value {
+    let mut event = json!({"type": "generation", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": trace, "application": "app",
+        "environment": "prod", "user_id": "mallory", "provider": "testco", "model": "alpha", "start_time": start_time_us / 1_000,
+        "duration_ms": 1, "input_tokens": input_tokens, "output_tokens": 1});
+    if let Some(run) = run {
+        event["agent_run_id"] = json!(run);
+    }
+    event
+}
+
+/// The report `report` of a run whose metadata would grow by 60 keys of ~100 bytes each time,
+/// with `k0` changed every time.
+fn run_report_json(run_id: &str, report: usize) -> Value {
+    let mut metadata: serde_json::Map<String, Value> = (0..60).map(|key| (format!("r{report}-k{key}"), json!("x".repeat(100)))).collect();
+    metadata.insert("k0".into(), json!(format!("report {report}")));
+    json!({"type": "agent_run", "event_id": uuid::Uuid::new_v4().to_string(), "run_id": run_id, "user_id": "mallory", "name": "grows",
+           "status": "running", "start_time": NOV_2026_US / 1_000, "metadata": metadata})
+}
+
+/// Sends `events` for the hostile project through ingest; every one must be accepted.
+async fn send_hostile(env: &TestEnv, url: &str, key: &str, events: Vec<Value>) {
+    let count = events.len();
+    let response = env.http.post(format!("{url}/v1/events")).bearer_auth(key).json(&json!({"events": events})).send().await.unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!((status.as_u16(), answer["accepted"].as_u64()), (200, Some(count as u64)), "{answer}");
 }
 
 async fn produce(producer: &FutureProducer, topic: &str, events: &[Event]) {
@@ -91,16 +104,19 @@ async fn refused_events_are_dead_lettered_and_everything_else_is_counted() {
     let mut env = TestEnv::new().await;
     let metadata_cap = 16_384;
     env.config.processor.max_run_metadata_bytes = metadata_cap;
+    // Wide enough for 130 months back (a backfill).
+    env.config.ingest.accept_past_days = 4_200;
     set_price(&env).await;
     let url = env.start_ingest().await;
     let key = env.api_key("acme").await;
+    let hostile_key = env.api_key(HOSTILE).await;
     env.start_processor().await;
     let producer: FutureProducer = stores::producer_config(&env.config.kafka).create().unwrap();
     let topic = env.config.kafka.topic.clone();
     let clickhouse = stores::clickhouse_client(&env.config.clickhouse);
 
     // A run whose token total is a few hundred short of bigint's maximum.
-    produce(&producer, &topic, &[generation("big-trace", NOV_2026_US, 10, Some("big-run"))]).await;
+    send_hostile(&env, &url, &hostile_key, vec![generation_json("big-trace", NOV_2026_US, 10, Some("big-run"))]).await;
     eventually("the big run to exist", Duration::from_secs(60), || async {
         sqlx::query("UPDATE agent_runs SET input_tokens = $1 WHERE project_id = $2 AND run_id = 'big-run'")
             .bind(NEAR_BIGINT_MAX)
@@ -116,23 +132,17 @@ async fn refused_events_are_dead_lettered_and_everything_else_is_counted() {
 
     // The refused events first, so that before this was handled their lanes stalled and the
     // good project's events behind them were never counted.
-    let overflow = generation("big-trace", NOV_2026_US + 1_000, 1_000, Some("big-run"));
+    send_hostile(&env, &url, &hostile_key, vec![generation_json("big-trace", NOV_2026_US + 1_000, 1_000, Some("big-run"))]).await;
     let after_2106 = generation("t-2150", 5_715_360_000_000_000, 10, None); // 2151-02-12
-    produce(&producer, &topic, &[overflow.clone(), after_2106.clone()]).await;
-    let sender = tokio::spawn(send_all(env.http.clone(), url, key, 3_000));
-    // 130 months, one generation each: more partitions than one insert may touch. Between them,
-    // the reports of a run whose metadata would grow by 60 keys each time.
-    let months: Vec<Event> = (0..130).map(|month| generation(&format!("m-{month}"), NOV_2026_US - month * MONTH_US, 7, None)).collect();
-    let reports: Vec<Event> = (0..30).map(|report| run_report("fat-run", report)).collect();
-    let mut next_report = 0;
-    for (index, month) in months.iter().enumerate() {
-        produce(&producer, &topic, std::slice::from_ref(month)).await;
-        if index % 4 == 0 && next_report < reports.len() {
-            produce(&producer, &topic, std::slice::from_ref(&reports[next_report])).await;
-            next_report += 1;
-        }
+    produce(&producer, &topic, std::slice::from_ref(&after_2106)).await;
+    let sender = tokio::spawn(send_all(env.http.clone(), url.clone(), key, 3_000));
+    // 130 months in one request: more partitions than one insert may touch. Then the reports
+    // of a run whose metadata would grow by 60 keys each time.
+    let months: Vec<Value> = (0..130).map(|month| generation_json(&format!("m-{month}"), NOV_2026_US - month * MONTH_US, 7, None)).collect();
+    send_hostile(&env, &url, &hostile_key, months).await;
+    for report in 0..30 {
+        send_hostile(&env, &url, &hostile_key, vec![run_report_json("fat-run", report)]).await;
     }
-    produce(&producer, &topic, &reports[next_report..]).await;
 
     // The good project's events are all counted, exactly, within the usual deadlines.
     let truth = sender.await.unwrap();
@@ -153,10 +163,11 @@ async fn refused_events_are_dead_lettered_and_everything_else_is_counted() {
     assert!(reasons.iter().any(|reason| reason.contains("outside ClickHouse DateTime")), "{reasons:?}");
     assert!(reasons.iter().any(|reason| reason.contains("postgres") && reason.contains("out of range")), "{reasons:?}");
     let payloads: Vec<Vec<u8>> = letters.iter().map(|letter| letter.payload.clone()).collect();
-    for event in [&overflow, &after_2106] {
-        assert!(payloads.contains(&tally_schemas::encode_to_vec(event).unwrap()), "the dead letter is the original message");
+    assert!(payloads.contains(&tally_schemas::encode_to_vec(&after_2106).unwrap()), "the dead letter is the original message");
+    for payload in &payloads {
+        let Ok(Event::Generation(generation)) = tally_schemas::decode(payload) else { panic!("a dead letter that is not a generation") };
+        assert!(generation.trace_id == "t-2150" || (generation.trace_id == "big-trace" && generation.input_tokens == 1_000), "{generation:?}");
     }
-
     // Everything else of the hostile project counted once: the first big-run generation and the
     // 130 months; the refused generations are neither in the rollups nor in the raw rows.
     let requests = eventually("the hostile project's valid generations", Duration::from_secs(60), || async {
