@@ -83,12 +83,18 @@ impl Sink {
 
     /// Inserts the rows of `outputs` into `tables`.
     pub(super) async fn insert_outputs(&self, outputs: &[&BatchOutput], tables: Tables) -> Result<(), SinkError> {
+        let generations = outputs.iter().flat_map(|output| &output.generations).collect();
+        let rollups = outputs.iter().flat_map(|output| &output.rollups).collect();
+        self.insert_rows(generations, rollups, tables).await
+    }
+
+    /// Inserts `generations` and `rollups` into `tables`, each in as few inserts as the partition
+    /// limit allows.
+    async fn insert_rows(&self, generations: Vec<&GenerationRow>, rollups: Vec<&RollupRow>, tables: Tables) -> Result<(), SinkError> {
         let max = self.limits.max_partitions_per_insert;
-        let generations: Vec<&GenerationRow> = outputs.iter().flat_map(|output| &output.generations).collect();
         for rows in by_partitions(generations, |row| row.start_time, max) {
             insert(&self.clickhouse, tables.generations, rows).await?;
         }
-        let rollups: Vec<&RollupRow> = outputs.iter().flat_map(|output| &output.rollups).collect();
         for rows in by_partitions(rollups, |row| row.hour, max) {
             insert(&self.clickhouse, tables.rollups, rows).await?;
         }
@@ -106,14 +112,7 @@ impl Sink {
         let zeroed: Vec<RollupRow> = previous.rollups.iter().filter(|row| !output_keys.contains(&row.key())).map(RollupRow::zeroed).collect();
         let mut rows: Vec<&RollupRow> = batch.output.rollups.iter().collect();
         rows.extend(&zeroed);
-        let generations: Vec<&GenerationRow> = batch.output.generations.iter().collect();
-        let max = self.limits.max_partitions_per_insert;
-        for chunk in by_partitions(generations, |row| row.start_time, max) {
-            insert(&self.clickhouse, "generations", chunk).await?;
-        }
-        for chunk in by_partitions(rows, |row| row.hour, max) {
-            insert(&self.clickhouse, "cost_rollup_batches", chunk).await?;
-        }
+        self.insert_rows(batch.output.generations.iter().collect(), rows, Tables::REAL).await?;
         let kept: HashSet<&str> = batch.output.generations.iter().map(|row| row.event_id.as_str()).collect();
         let gone: Vec<&GenerationRow> = previous.generations.iter().filter(|row| !kept.contains(row.event_id.as_str())).collect();
         if !gone.is_empty() {
