@@ -71,13 +71,18 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some((limit, remaining, reset)) = self.rate_limit {
-            let headers = response.headers_mut();
-            headers.insert("ratelimit-limit", HeaderValue::from(limit));
-            headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
-            headers.insert("ratelimit-reset", HeaderValue::from(reset));
+            rate_limit_headers(response.headers_mut(), limit, remaining, reset);
         }
         response
     }
+}
+
+/// The `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers of a quota, on
+/// refusals (above) and on answers within it.
+pub fn rate_limit_headers(headers: &mut axum::http::HeaderMap, limit: u32, remaining: u64, reset_secs: u64) {
+    headers.insert("ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(reset_secs));
 }
 
 /// How every service answers a failed authentication: 401 for missing, malformed, unknown and

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use tally_common::api_error::ApiError;
+use axum::http::{HeaderMap, StatusCode};
+use tally_common::api_error::{rate_limit_headers, ApiError};
 use tally_common::config::IngestConfig;
 use tally_common::rate_limit::{seconds_to_full, KeyedBuckets, Rate, Refused};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -48,9 +48,7 @@ pub struct QuotaHeaders {
 
 impl QuotaHeaders {
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("ratelimit-reset", HeaderValue::from(self.reset_secs));
+        rate_limit_headers(headers, self.limit, self.remaining, self.reset_secs);
     }
 }
 
