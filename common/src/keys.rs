@@ -295,22 +295,23 @@ impl KeyCache {
     fn put(&mut self, hash: [u8; 32], outcome: &Result<Principal, AuthError>, ttl: Duration) {
         let now = Instant::now();
         if matches!(outcome, Err(AuthError::Unknown)) {
-            if self.unknown.len() >= UNKNOWN_CAPACITY {
-                self.unknown.retain(|_, at| at.elapsed() < ttl);
-                if self.unknown.len() >= UNKNOWN_CAPACITY {
-                    self.unknown.clear();
-                }
-            }
+            make_room(&mut self.unknown, UNKNOWN_CAPACITY, |at| at.elapsed() < ttl);
             self.unknown.insert(hash, now);
         } else {
-            if self.known.len() >= KNOWN_CAPACITY {
-                // Only holders of real keys reach this: drop what expired, and only then all.
-                self.known.retain(|_, (_, at)| at.elapsed() < ttl);
-                if self.known.len() >= KNOWN_CAPACITY {
-                    self.known.clear();
-                }
-            }
+            // Only holders of real keys fill this one.
+            make_room(&mut self.known, KNOWN_CAPACITY, |(_, at)| at.elapsed() < ttl);
             self.known.insert(hash, (outcome.clone(), now));
+        }
+    }
+}
+
+/// Before an insert into a full `map`: drop the entries that are no longer `fresh`, and only if
+/// that frees nothing, all of them.
+fn make_room<V>(map: &mut HashMap<[u8; 32], V>, capacity: usize, fresh: impl Fn(&V) -> bool) {
+    if map.len() >= capacity {
+        map.retain(|_, value| fresh(value));
+        if map.len() >= capacity {
+            map.clear();
         }
     }
 }
