@@ -16,7 +16,10 @@
 //! - [`producer`]: produce a batch to Kafka and wait for its delivery reports.
 //! - [`metrics`]: this service's Prometheus metrics.
 //! - this file: the HTTP routes, the answers (200/207/400/401/403/413/503; `answer_body`
-//!   builds their status and JSON, with the per-event warnings) and [`serve`].
+//!   builds their status and JSON, with the per-event warnings), [`build`], [`router`] and
+//!   [`serve`]. Before the body is read, the handler's extractors take a request slot
+//!   (`RequestSlot`) and authenticate the key ([`tally_common::auth::Project`], for which
+//!   [`IngestState`] says the scope and counts `failed_auth` refusals).
 
 pub mod admission;
 pub mod metrics;
@@ -27,9 +30,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -37,6 +41,7 @@ use axum::{middleware, Json, Router};
 use prometheus::Registry;
 use serde::Serialize;
 use tally_common::api_error::ApiError;
+use tally_common::auth::{Project, ProjectKeys};
 use tally_common::health::{self, Readiness};
 use tally_common::keys::{AuthError, Authenticator, Scope};
 use tally_common::rate_limit::Rate;
@@ -45,6 +50,7 @@ use tally_common::telemetry::{self, HttpMetrics};
 use tally_common::{stores, Config};
 use tally_schemas::Event;
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::metrics::IngestMetrics;
@@ -81,17 +87,14 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<IngestState>> {
         accept_future_secs: config.ingest.accept_future_secs,
         strict_fields: config.ingest.strict_fields,
     };
-    let probe_pool = pool.clone();
-    let probe_kafka = producer.checker();
+    // Kafka through the service's own producer: it must have the topic to produce to.
+    let kafka = producer.checker();
     let readiness = Readiness::default()
         .with("kafka", move || {
-            let checker = probe_kafka.clone();
+            let checker = kafka.clone();
             async move { checker.check().await }
         })
-        .with("postgres", move || {
-            let pool = probe_pool.clone();
-            async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(|e| e.to_string()) }
-        });
+        .postgres(pool.clone());
     let failures = Rate { per_second: config.ingest.failed_auth_per_sec, burst: f64::from(config.ingest.failed_auth_burst.max(1)) };
     Ok(Arc::new(IngestState {
         limits,
@@ -136,6 +139,37 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     state.producer.flush(Duration::from_secs(10));
     tracing::info!("ingest stopped");
     Ok(())
+}
+
+/// Keys must hold `ingest`; refusals for too many failed attempts are counted as `failed_auth`.
+impl ProjectKeys for IngestState {
+    const SCOPE: Scope = Scope::Ingest;
+
+    fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+
+    fn refused(&self, error: &AuthError) {
+        if *error == AuthError::TooManyFailures {
+            self.metrics.refused.with_label_values(&["failed_auth"]).inc();
+        }
+    }
+}
+
+/// One of the `ingest.max_concurrent_requests` request slots (see [`admission`]), held until
+/// the answer is built. It is the handler's first extractor, so a request over the limit is
+/// refused before its key is looked up.
+struct RequestSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl FromRequestParts<Arc<IngestState>> for RequestSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &Arc<IngestState>) -> Result<Self, ApiError> {
+        let slot = state.admission.enter().inspect_err(|_| state.metrics.refused.with_label_values(&["overloaded"]).inc())?;
+        Ok(RequestSlot { _permit: slot })
+    }
 }
 
 async fn ready(State(state): State<Arc<IngestState>>) -> Response {
@@ -240,19 +274,16 @@ fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String,
     Ok(Prepared { parsed, messages, message_index })
 }
 
-async fn ingest_events(State(state): State<Arc<IngestState>>, request: Request) -> Result<Response, ApiError> {
-    // Admission (see `admission`): a slot, the key, the quota's precheck, then the body.
-    let _slot = state.admission.enter().inspect_err(|_| state.metrics.refused.with_label_values(&["overloaded"]).inc())?;
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    let principal = state.authenticator.authenticate_from(client, authorization).await.inspect_err(|error| {
-        if *error == AuthError::TooManyFailures {
-            state.metrics.refused.with_label_values(&["failed_auth"]).inc();
-        }
-    })?;
-    let project = principal.require(Scope::Ingest)?.project.clone();
+/// Admission (see [`admission`]) in the order of the arguments: a slot, the key (the extractors,
+/// which run on the request head), then the quota's precheck, then the body.
+async fn ingest_events(
+    State(state): State<Arc<IngestState>>,
+    _slot: RequestSlot,
+    Project(principal): Project,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let project = principal.project;
     state.admission.precheck(&project).inspect_err(|_| state.metrics.refused.with_label_values(&["quota"]).inc())?;
     let limit = state.limits.max_body_bytes;
     let body = match tokio::time::timeout(state.admission.body_read_timeout, axum::body::to_bytes(body, limit)).await {

@@ -13,8 +13,10 @@
 //! - [`prices`]: the model price table (lookup, CSV import, seed).
 //! - [`dlq`]: listing and replaying dead-lettered messages (`tally dlq`).
 //! - [`metrics`]: this service's Prometheus metrics.
-//! - this file: [`serve`], which runs the loop, the price refresher and `/health`, `/ready`,
-//!   `/metrics`.
+//! - this file: the service built like ingest and the query API: [`build`] (the state, no
+//!   network I/O), [`router`] (`/health`, `/ready`, `/metrics`) and [`serve`], which runs the
+//!   endpoints, loads the prices before the first batch, starts the price refresher and the
+//!   compaction task, then runs the consumer loop until shutdown.
 
 pub mod compaction;
 pub mod consumer;
@@ -42,103 +44,100 @@ use tokio::sync::watch;
 use crate::metrics::ProcessorMetrics;
 use crate::prices::PriceTable;
 
-#[derive(Clone)]
-struct HttpState {
+/// What the processor's endpoints and tasks share.
+pub struct ProcessorState {
+    pool: sqlx::PgPool,
+    clickhouse: clickhouse::Client,
+    metrics: ProcessorMetrics,
     registry: Registry,
     readiness: Readiness,
 }
 
-/// Runs the processor until `shutdown`: the HTTP endpoints on `listener`, the price refresher
-/// and the consumer loop. Returns after the loop has finished its batch in hand.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Builds the service state from the configuration (no network I/O yet: the stores are
+/// connected to lazily, so the endpoints answer, and `/ready` names what is down, while a store
+/// is unreachable).
+pub fn build(config: &Config) -> anyhow::Result<Arc<ProcessorState>> {
     let registry = Registry::new();
     let metrics = ProcessorMetrics::register(&registry)?;
     let pool = stores::postgres_pool(&config.postgres)?;
     let clickhouse = stores::clickhouse_client(&config.clickhouse);
-    let redis = stores::redis_client(&config)?;
+    let redis = stores::redis_client(config)?;
+    let readiness = Readiness::default().postgres(pool.clone()).clickhouse(clickhouse.clone()).redis(redis).kafka(&config.kafka);
+    Ok(Arc::new(ProcessorState { pool, clickhouse, metrics, registry, readiness }))
+}
 
-    let readiness = readiness(&config, pool.clone(), clickhouse.clone(), redis);
-    let app = Router::new()
+/// The HTTP routes: `/health`, `/ready` and `/metrics` (the processor takes no requests).
+pub fn router(state: Arc<ProcessorState>) -> Router {
+    Router::new()
         .route("/health", get(health::health))
-        .route("/ready", get(|State(state): State<HttpState>| async move { state.readiness.check().await }))
-        .route("/metrics", get(|State(state): State<HttpState>| async move { telemetry::render(&state.registry) as Response }))
-        .with_state(HttpState { registry, readiness });
+        .route("/ready", get(|State(state): State<Arc<ProcessorState>>| async move { state.readiness.check().await }))
+        .route("/metrics", get(|State(state): State<Arc<ProcessorState>>| async move { telemetry::render(&state.registry) as Response }))
+        .with_state(state)
+}
+
+/// Runs the processor until `shutdown`: the HTTP endpoints on `listener`, the price refresher,
+/// the compaction task and the consumer loop. Returns after the loop has finished its batch in
+/// hand.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state = build(&config)?;
+    let app = router(state.clone());
     tracing::info!(address = %listener.local_addr()?, topic = %config.kafka.topic, group = %config.kafka.consumer_group, "processor listening");
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await });
 
-    // Prices must be loaded before the first batch: a missing table would book costs as unpriced.
-    let table = loop {
-        match PriceTable::load(&pool).await {
-            Ok(table) => break table,
-            Err(error) => {
-                tracing::warn!(%error, "cannot load model prices yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(table) = first_price_table(&state.pool, &shutdown).await else {
+        return Ok(());
     };
     tracing::info!(prices = table.len(), "price table loaded");
     let (price_sender, price_receiver) = watch::channel(Arc::new(table));
-    tokio::spawn(refresh_prices(pool.clone(), price_sender, Duration::from_secs(config.processor.price_refresh_secs), shutdown.clone()));
+    tokio::spawn(refresh_prices(state.pool.clone(), price_sender, Duration::from_secs(config.processor.price_refresh_secs), shutdown.clone()));
 
     if config.processor.compaction_interval_ms > 0 {
-        let compactor = compaction::Compactor { pool: pool.clone(), clickhouse: clickhouse.clone(), topic: config.kafka.topic.clone() };
+        let compactor = compaction::Compactor { pool: state.pool.clone(), clickhouse: state.clickhouse.clone(), topic: config.kafka.topic.clone() };
         let every = Duration::from_millis(config.processor.compaction_interval_ms);
-        tokio::spawn(compaction::run(compactor, every, metrics.clone(), shutdown.clone()));
+        tokio::spawn(compaction::run(compactor, every, state.metrics.clone(), shutdown.clone()));
     }
 
-    let (consumer, revoked) = consumer::create_consumer(&config, metrics.clone())?;
-    let sink = sink::Sink {
-        pool,
-        clickhouse,
-        dlq: stores::producer_config(&config.kafka).create()?,
-        topic: config.kafka.topic.clone(),
-        dead_letter_topic: config.kafka.dead_letter_topic.clone(),
-        metrics,
-        limits: sink::SinkLimits {
-            max_partitions_per_insert: config.processor.max_partitions_per_insert,
-            max_run_metadata_bytes: config.processor.max_run_metadata_bytes,
-        },
-    };
+    let (consumer, revoked) = consumer::create_consumer(&config, state.metrics.clone())?;
+    let sink = new_sink(&config, &state)?;
     consumer::run(config, consumer, revoked, sink, price_receiver, shutdown).await;
     let _ = http.await;
     tracing::info!("processor stopped");
     Ok(())
 }
 
-fn readiness(config: &Config, pool: sqlx::PgPool, clickhouse: clickhouse::Client, redis: redis::Client) -> Readiness {
-    let kafka = config.kafka.clone();
-    Readiness::default()
-        .with("postgres", move || {
-            let pool = pool.clone();
-            async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(|e| e.to_string()) }
-        })
-        .with("clickhouse", move || {
-            let client = clickhouse.clone();
-            async move { client.query("SELECT 1").execute().await.map_err(|e| e.to_string()) }
-        })
-        .with("redis", move || {
-            let client = redis.clone();
-            async move {
-                let mut connection = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
-                redis::cmd("PING").query_async::<String>(&mut connection).await.map(|_| ()).map_err(|e| e.to_string())
+/// The price table, retried every second until Postgres answers: prices must be loaded before
+/// the first batch, since a missing table would book costs as unpriced. `None` on shutdown.
+async fn first_price_table(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> Option<PriceTable> {
+    loop {
+        match PriceTable::load(pool).await {
+            Ok(table) => return Some(table),
+            Err(error) => {
+                tracing::warn!(%error, "cannot load model prices yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
-        })
-        .with("kafka", move || {
-            let kafka = kafka.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    use rdkafka::consumer::{BaseConsumer, Consumer};
-                    let consumer: BaseConsumer = stores::kafka_base(&kafka).create().map_err(|e| e.to_string())?;
-                    consumer.fetch_metadata(Some(&kafka.topic), Duration::from_secs(2)).map(|_| ()).map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }
-        })
+        }
+    }
+}
+
+/// The write side of the consumer loop (its dead-letter producer is created here, after the
+/// prices are loaded, as the consumer is).
+fn new_sink(config: &Config, state: &ProcessorState) -> anyhow::Result<sink::Sink> {
+    Ok(sink::Sink {
+        pool: state.pool.clone(),
+        clickhouse: state.clickhouse.clone(),
+        dlq: stores::producer_config(&config.kafka).create()?,
+        topic: config.kafka.topic.clone(),
+        dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+        metrics: state.metrics.clone(),
+        limits: sink::SinkLimits {
+            max_partitions_per_insert: config.processor.max_partitions_per_insert,
+            max_run_metadata_bytes: config.processor.max_run_metadata_bytes,
+        },
+    })
 }
 
 async fn refresh_prices(pool: sqlx::PgPool, sender: watch::Sender<Arc<PriceTable>>, every: Duration, shutdown: CancellationToken) {

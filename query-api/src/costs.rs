@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, State};
 use axum::Json;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -25,7 +24,7 @@ use tally_common::compaction::{self, Frontier, MarkerState};
 use time::OffsetDateTime;
 
 use crate::params::{format_time, parse_optional_time};
-use crate::{authenticate, limits, QueryState};
+use crate::{limits, QueryState, ReadAccess};
 
 /// The dimensions a cost query may group and filter by.
 pub const DIMENSIONS: [&str; 5] = ["application", "environment", "provider", "model", "user_id"];
@@ -208,11 +207,9 @@ pub fn parse_query(params: &BTreeMap<String, String>, max_range_days: u32) -> Re
 #[tracing::instrument(name = "costs", skip_all)]
 pub async fn costs(
     State(state): State<Arc<QueryState>>,
-    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
+    ReadAccess { project, permit: _permit }: ReadAccess,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Json<CostsAnswer>, ApiError> {
-    let (project, _permit) = authenticate(&state, client, &headers).await?;
     let query = parse_query(&params, state.max_range_days)?;
     let rows = read_rollups(&state, &project, &query).await?;
 

@@ -6,7 +6,10 @@
 //! - [`runs`]: `GET /v1/agent/runs` and `GET /v1/agent/runs/{run_id}`.
 //! - [`limits`]: what one query may cost (execution time, answer size, per-project concurrency).
 //! - [`params`]: parsing of times, limits and cursors, with errors naming the parameter.
-//! - this file: the router, authentication and [`serve`].
+//! - this file: [`build`], [`router`], [`serve`] and [`ReadAccess`], the extractor every
+//!   endpoint starts with: the key (through [`tally_common::auth::Project`], which runs before
+//!   anything else of the request is looked at; keys must hold `read`) and a permit to run one
+//!   query for its project.
 
 pub mod costs;
 pub mod limits;
@@ -17,13 +20,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{middleware, Router};
 use prometheus::Registry;
 use tally_common::api_error::ApiError;
+use tally_common::auth::{Project, ProjectKeys};
 use tally_common::health::{self, Readiness};
 use tally_common::keys::{Authenticator, Scope};
 use tally_common::rate_limit::Rate;
@@ -31,6 +35,7 @@ use tally_common::shutdown::CancellationToken;
 use tally_common::telemetry::{self, HttpMetrics};
 use tally_common::{stores, Config};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 
 pub struct QueryState {
     pub pool: sqlx::PgPool,
@@ -52,17 +57,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
     let pool = stores::postgres_pool(&config.postgres)?;
     // Every query of this service ends after max_execution_secs (the server stops it).
     let clickhouse = stores::clickhouse_client(&config.clickhouse).with_setting("max_execution_time", config.query.max_execution_secs.to_string());
-    let probe_pool = pool.clone();
-    let probe_clickhouse = clickhouse.clone();
-    let readiness = Readiness::default()
-        .with("postgres", move || {
-            let pool = probe_pool.clone();
-            async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()).map_err(|e| e.to_string()) }
-        })
-        .with("clickhouse", move || {
-            let client = probe_clickhouse.clone();
-            async move { client.query("SELECT 1").execute().await.map_err(|e| e.to_string()) }
-        });
+    let readiness = Readiness::default().postgres(pool.clone()).clickhouse(clickhouse.clone());
     Ok(Arc::new(QueryState {
         authenticator: Authenticator::new(pool.clone(), Duration::from_secs(config.query.key_cache_secs)).with_failure_limit(Rate {
             per_second: config.query.failed_auth_per_sec,
@@ -104,16 +99,29 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     Ok(())
 }
 
-/// The project of the request's API key, which must hold the `read` scope,
-/// and a permit to run one query for it (held until the answer is built; see [`limits`]).
-pub(crate) async fn authenticate(
-    state: &QueryState,
-    client: SocketAddr,
-    headers: &HeaderMap,
-) -> Result<(String, tokio::sync::OwnedSemaphorePermit), ApiError> {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    let principal = state.authenticator.authenticate_from(Some(client.ip()), authorization).await?;
-    principal.require(Scope::Read)?;
-    let permit = state.concurrency.acquire(&principal.project)?;
-    Ok((principal.project, permit))
+/// Keys must hold `read`.
+impl ProjectKeys for QueryState {
+    const SCOPE: Scope = Scope::Read;
+
+    fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+}
+
+/// The project of the request's API key, which must hold the `read` scope, and a permit to run
+/// one query for it (held until the answer is built; see [`limits`]). The permit is taken after
+/// the key is checked: only authenticated projects get a semaphore.
+pub struct ReadAccess {
+    pub project: String,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl FromRequestParts<Arc<QueryState>> for ReadAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<QueryState>) -> Result<Self, ApiError> {
+        let Project(principal) = Project::from_request_parts(parts, state).await?;
+        let permit = state.concurrency.acquire(&principal.project)?;
+        Ok(ReadAccess { project: principal.project, permit })
+    }
 }

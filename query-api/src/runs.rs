@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -14,7 +13,7 @@ use tally_common::api_error::ApiError;
 use time::OffsetDateTime;
 
 use crate::params::{decode_cursor, encode_cursor, format_time, parse_optional_time};
-use crate::{authenticate, QueryState};
+use crate::{QueryState, ReadAccess};
 
 const STATUSES: [&str; 5] = ["running", "completed", "failed", "cancelled", "unknown"];
 
@@ -106,11 +105,9 @@ const RUN_COLUMNS: &str = "run_id, user_id, thread_id, name, status, started_at,
 #[tracing::instrument(name = "list_runs", skip_all)]
 pub async fn list_runs(
     State(state): State<Arc<QueryState>>,
-    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
+    ReadAccess { project, permit: _permit }: ReadAccess,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Json<RunPage>, ApiError> {
-    let (project, _permit) = authenticate(&state, client, &headers).await?;
     for name in params.keys() {
         if !matches!(name.as_str(), "user_id" | "status" | "from" | "to" | "limit" | "cursor") {
             return Err(ApiError::bad_parameter(name, format!("unknown parameter {name:?}; known: user_id, status, from, to, limit, cursor")));
@@ -201,11 +198,9 @@ const MAX_RUN_GENERATIONS: u32 = 1_000;
 #[tracing::instrument(name = "get_run", skip_all)]
 pub async fn get_run(
     State(state): State<Arc<QueryState>>,
-    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
+    ReadAccess { project, permit: _permit }: ReadAccess,
     Path(run_id): Path<String>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let (project, _permit) = authenticate(&state, client, &headers).await?;
     if run_id.len() > 256 {
         return Err(ApiError::bad_parameter("run_id", "run_id is longer than 256 bytes"));
     }
