@@ -13,7 +13,8 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use support::truth::{self, set_price, stored, START_MS};
 use support::{eventually, TestEnv};
-use tally_common::{compaction, stores};
+use tally_common::rollup::compaction;
+use tally_common::stores;
 use tally_processor::compaction::{CompactionOutcome, Compactor};
 
 const HOUR_MS: i64 = 3_600_000;

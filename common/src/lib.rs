@@ -8,19 +8,20 @@
 //! - [`migrate`]: versioned migrations for Postgres and ClickHouse, and the Kafka topics.
 //! - [`keys`]: projects and API keys (stored hashed), and the authenticator services use.
 //! - [`auth`]: the [`auth::Project`] extractor: the request's key, checked before its body is read.
-//! - [`compaction`]: the rollup compaction frontier the processor writes and the query API reads.
+//! - [`rollup`]: the cost rollup's definition (dimensions, metrics, latency histogram,
+//!   compaction markers, what is committed), shared by the processor and the query API.
 //! - [`api_error`]: the JSON error every HTTP endpoint answers with.
 //! - [`health`]: `/health` and `/ready` handlers shared by the services.
 //! - [`rate_limit`]: token buckets per key (ingest quotas, failed authentications per address).
 
 pub mod api_error;
 pub mod auth;
-pub mod compaction;
 pub mod config;
 pub mod health;
 pub mod keys;
 pub mod migrate;
 pub mod rate_limit;
+pub mod rollup;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;

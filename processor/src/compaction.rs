@@ -2,7 +2,7 @@
 //! hour and dimensions (`cost_compact_hourly`) and per UTC day (`cost_compact_daily`), so that a
 //! cost query over 30 days reads thousands of rows instead of one per batch and dimensions.
 //!
-//! Why it is exact (the frontier protocol is in [`tally_common::compaction`]): a batch's rows
+//! Why it is exact (the frontier protocol is in [`tally_common::rollup::compaction`]): a batch's rows
 //! are final once Postgres has committed it (its first offset is below the partition's
 //! `next_offset`; retries and zombies only ever rewrite uncommitted batches with rows that lose
 //! to the committed version). A run with version `v`:
@@ -29,9 +29,9 @@
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tally_common::compaction::{self, Frontier};
+use tally_common::rollup::compaction::{self, Frontier, MarkerState};
+use tally_common::rollup::{self, progress, SumStyle};
 use tally_common::shutdown::CancellationToken;
-use time::OffsetDateTime;
 
 use crate::metrics::ProcessorMetrics;
 
@@ -54,22 +54,7 @@ pub enum CompactionOutcome {
     Compacted { version: u64, frontier: Frontier, rebuilt: bool },
 }
 
-const DIMENSIONS: &str = "application, environment, provider, model";
-const SUMS: &str = "sum(requests), sum(errors), sum(input_tokens), sum(output_tokens), sum(cache_read_input_tokens), \
-     sum(cache_creation_input_tokens), sum(reasoning_tokens), sum(cache_hits), sum(cost), sum(priced_requests), \
-     sum(client_cost_requests), sum(unpriced_requests), \
-     tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 1), tupleElement(sumMap(latency_bucket_ids, latency_bucket_counts), 2)";
-const METRICS: &str = compaction::METRIC_COLUMNS;
 const DAY: &str = "toDateTime(intDiv(toUInt32(hour), 86400) * 86400)";
-
-#[derive(clickhouse::Row, serde::Serialize)]
-struct MarkerRow {
-    version: u64,
-    state: i8,
-    frontier_partitions: Vec<i32>,
-    frontier_offsets: Vec<i64>,
-    created_at: u32,
-}
 
 pub struct Compactor {
     pub pool: PgPool,
@@ -89,13 +74,7 @@ impl Compactor {
         if !locked {
             return Ok(CompactionOutcome::Busy);
         }
-        let committed: Frontier =
-            sqlx::query_as::<_, (i32, i64)>("SELECT kafka_partition, next_offset FROM partition_progress WHERE topic = $1")
-                .bind(&self.topic)
-                .fetch_all(&mut *transaction)
-                .await?
-                .into_iter()
-                .collect();
+        let committed = progress::committed(&mut *transaction, &self.topic).await?;
         let done = compaction::last_done(&self.clickhouse).await?;
         let latest = compaction::latest_marker(&self.clickhouse).await?;
         let done_version = done.as_ref().map_or(0, |marker| marker.version);
@@ -108,40 +87,42 @@ impl Compactor {
         let rebuilt = latest_version > done_version;
         let version = latest_version + 1;
 
-        self.mark(version, 1, &committed).await?;
+        compaction::write_marker(&self.clickhouse, version, MarkerState::Started, &committed).await?;
+        let (dimensions, metrics, sums) = (rollup::compacted_dimension_columns(), rollup::metric_columns(), rollup::sums(SumStyle::Insert));
+        let (dimensions, metrics, sums) = (dimensions.as_str(), metrics.as_str(), sums.as_str());
         let touched_hours = format!("(project_id, hour) IN (SELECT project_id, hour FROM cost_rollup_batches PREWHERE {delta})");
         let hourly = if rebuilt {
             tracing::warn!(version, "the previous compaction did not finish; rebuilding the hours it may have touched");
             format!(
-                "INSERT INTO cost_compact_hourly (project_id, hour, {DIMENSIONS}, version, {METRICS})
-                 SELECT project_id, hour, {DIMENSIONS}, toUInt64({version}), {SUMS}
+                "INSERT INTO cost_compact_hourly (project_id, hour, {dimensions}, version, {metrics})
+                 SELECT project_id, hour, {dimensions}, toUInt64({version}), {sums}
                  FROM cost_rollup_batches FINAL
                  PREWHERE {touched_hours} AND {committed_rows}
-                 GROUP BY project_id, hour, {DIMENSIONS}",
+                 GROUP BY project_id, hour, {dimensions}",
                 committed_rows = compaction::below(&committed),
             )
         } else {
             format!(
-                "INSERT INTO cost_compact_hourly (project_id, hour, {DIMENSIONS}, version, {METRICS})
-                 SELECT project_id, hour, {DIMENSIONS}, toUInt64({version}), {SUMS}
+                "INSERT INTO cost_compact_hourly (project_id, hour, {dimensions}, version, {metrics})
+                 SELECT project_id, hour, {dimensions}, toUInt64({version}), {sums}
                  FROM (
-                     SELECT project_id, hour, {DIMENSIONS}, {METRICS} FROM cost_compact_hourly FINAL PREWHERE {touched_hours}
+                     SELECT project_id, hour, {dimensions}, {metrics} FROM cost_compact_hourly FINAL PREWHERE {touched_hours}
                      UNION ALL
-                     SELECT project_id, hour, {DIMENSIONS}, {METRICS} FROM cost_rollup_batches FINAL PREWHERE {delta}
+                     SELECT project_id, hour, {dimensions}, {metrics} FROM cost_rollup_batches FINAL PREWHERE {delta}
                  )
-                 GROUP BY project_id, hour, {DIMENSIONS}"
+                 GROUP BY project_id, hour, {dimensions}"
             )
         };
         self.clickhouse.query(&hourly).execute().await?;
         let daily = format!(
-            "INSERT INTO cost_compact_daily (project_id, day, {DIMENSIONS}, version, {METRICS})
-             SELECT project_id, {DAY} AS day, {DIMENSIONS}, toUInt64({version}), {SUMS}
+            "INSERT INTO cost_compact_daily (project_id, day, {dimensions}, version, {metrics})
+             SELECT project_id, {DAY} AS day, {dimensions}, toUInt64({version}), {sums}
              FROM cost_compact_hourly FINAL
              PREWHERE (project_id, hour) IN (
                  SELECT project_id, toDateTime(touched_day + 3600 * hour_of_day)
                  FROM (SELECT DISTINCT project_id, intDiv(toUInt32(hour), 86400) * 86400 AS touched_day FROM cost_rollup_batches PREWHERE {delta})
                  ARRAY JOIN range(24) AS hour_of_day)
-             GROUP BY project_id, day, {DIMENSIONS}"
+             GROUP BY project_id, day, {dimensions}"
         );
         self.clickhouse.query(&daily).execute().await?;
         // Totals without dimensions, per touched hour and day, from the hourly rows.
@@ -150,30 +131,16 @@ impl Compactor {
             ("day", "day", "cost_compact_daily", format!("(project_id, day) IN (SELECT project_id, {DAY} FROM cost_rollup_batches PREWHERE {delta})")),
         ] {
             let totals = format!(
-                "INSERT INTO cost_compact_totals (project_id, granularity, t, version, {METRICS})
-                 SELECT project_id, '{granularity}', {time}, toUInt64({version}), {SUMS}
+                "INSERT INTO cost_compact_totals (project_id, granularity, t, version, {metrics})
+                 SELECT project_id, '{granularity}', {time}, toUInt64({version}), {sums}
                  FROM {source} FINAL PREWHERE {touched}
                  GROUP BY project_id, {time}"
             );
             self.clickhouse.query(&totals).execute().await?;
         }
-        self.mark(version, 2, &committed).await?;
+        compaction::write_marker(&self.clickhouse, version, MarkerState::Done, &committed).await?;
         transaction.commit().await?;
         Ok(CompactionOutcome::Compacted { version, frontier: committed, rebuilt })
-    }
-
-    async fn mark(&self, version: u64, state: i8, frontier: &Frontier) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self.clickhouse.insert::<MarkerRow>("rollup_compactions").await?;
-        insert
-            .write(&MarkerRow {
-                version,
-                state,
-                frontier_partitions: frontier.keys().copied().collect(),
-                frontier_offsets: frontier.values().copied().collect(),
-                created_at: OffsetDateTime::now_utc().unix_timestamp() as u32,
-            })
-            .await?;
-        insert.end().await
     }
 }
 

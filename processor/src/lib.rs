@@ -9,7 +9,8 @@
 //!   one file per step (`claim`, `clickhouse`, `dead_letter`, `commit`), the transient/refused
 //!   classification of store errors (`error`) and the search for refused events (`isolate`).
 //! - [`compaction`]: folding committed rollup rows into hourly and daily rows.
-//! - [`rollup`]: pure computation of rows from a batch (pricing, rollups, run deltas).
+//! - [`derived`]: the derived outputs, one module each (raw rows, cost rollup, agent runs),
+//!   computed without I/O from the same checked and priced batch.
 //! - [`prices`]: the model price table (lookup, CSV import, seed).
 //! - [`dlq`]: listing and replaying dead-lettered messages (`tally dlq`).
 //! - [`metrics`]: this service's Prometheus metrics.
@@ -20,10 +21,10 @@
 
 pub mod compaction;
 pub mod consumer;
+pub mod derived;
 pub mod dlq;
 pub mod metrics;
 pub mod prices;
-pub mod rollup;
 pub mod sink;
 
 use std::sync::Arc;

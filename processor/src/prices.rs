@@ -16,6 +16,7 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 use sqlx::PgPool;
+use tally_schemas::Generation;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -100,6 +101,15 @@ impl PatternPrices {
     }
 }
 
+/// How a generation's cost was determined (stored as `cost_source`, `Enum8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i8)]
+pub enum CostSource {
+    Unpriced = 0,
+    Priced = 1,
+    Client = 2,
+}
+
 /// The in-memory price table the processor prices with.
 #[derive(Debug, Default, Clone)]
 pub struct PriceTable {
@@ -155,6 +165,26 @@ impl PriceTable {
             .iter()
             .filter(|(prefix, _)| model.starts_with(prefix.as_str()))
             .find_map(|(_, prices)| prices.at(time_us))
+    }
+
+    /// The cost of a generation: the client's if given (authoritative), else from the price
+    /// in force at its start; `None` (unpriced) when there is neither.
+    pub fn price(&self, generation: &Generation) -> (Option<Decimal>, CostSource) {
+        if let Some(cost) = generation.client_cost {
+            return (Some(cost), CostSource::Client);
+        }
+        match self.lookup(&generation.provider, &generation.model, generation.start_time_us) {
+            Some(price) => (
+                Some(price.cost(
+                    generation.input_tokens,
+                    generation.output_tokens,
+                    generation.cache_read_input_tokens,
+                    generation.cache_creation_input_tokens,
+                )),
+                CostSource::Priced,
+            ),
+            None => (None, CostSource::Unpriced),
+        }
     }
 
     pub async fn load(pool: &PgPool) -> Result<Self, PriceError> {

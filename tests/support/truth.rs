@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tally_common::{compaction, stores};
+use tally_common::rollup::compaction;
+use tally_common::stores;
 
 use super::{eventually, TestEnv};
 

@@ -17,19 +17,25 @@ use clickhouse::{RowOwned, RowWrite};
 use time::OffsetDateTime;
 
 use super::{ErrorKind, PartitionBatch, Sink, SinkError};
+use crate::derived::cost_rollup::CostRollup;
+use crate::derived::raw_events::{GenerationRow, RawEvents};
+use crate::derived::{BatchOutput, ClickHouseOutput};
 use crate::prices::PriceTable;
-use crate::rollup::{BatchOutput, GenerationRow, RollupRow};
 
-/// The tables a write goes to: the real ones, or their Null-engine probes (trials).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Tables {
-    pub generations: &'static str,
-    pub rollups: &'static str,
+/// Where a write goes: the real tables, or their Null-engine probes (trials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tables {
+    Real,
+    Probe,
 }
 
 impl Tables {
-    pub const REAL: Tables = Tables { generations: "generations", rollups: "cost_rollup_batches" };
-    pub const PROBE: Tables = Tables { generations: "generations_probe", rollups: "cost_rollup_batches_probe" };
+    fn of<O: ClickHouseOutput>(self) -> &'static str {
+        match self {
+            Tables::Real => O::TABLE,
+            Tables::Probe => O::PROBE_TABLE,
+        }
+    }
 }
 
 /// The partition (`toYYYYMM`) of a time in epoch seconds.
@@ -57,7 +63,7 @@ impl Sink {
     /// Step 3: writes every batch's rows; on refused values, isolates and rewrites.
     pub(super) async fn write_clickhouse(&self, batches: &mut [PartitionBatch<'_>], prices: &PriceTable) -> Result<(), SinkError> {
         let outputs: Vec<&BatchOutput> = batches.iter().map(|batch| &batch.output).collect();
-        let error = match self.insert_outputs(&outputs, Tables::REAL).await {
+        let error = match self.insert_outputs(&outputs, Tables::Real).await {
             Err(error) if error.kind() == ErrorKind::Refused => error,
             other => return other,
         };
@@ -83,36 +89,25 @@ impl Sink {
 
     /// Inserts the rows of `outputs` into `tables`.
     pub(super) async fn insert_outputs(&self, outputs: &[&BatchOutput], tables: Tables) -> Result<(), SinkError> {
-        let generations = outputs.iter().flat_map(|output| &output.generations).collect();
-        let rollups = outputs.iter().flat_map(|output| &output.rollups).collect();
-        self.insert_rows(generations, rollups, tables).await
+        self.insert_rows::<RawEvents>(outputs.iter().flat_map(|output| &output.generations).collect(), tables).await?;
+        self.insert_rows::<CostRollup>(outputs.iter().flat_map(|output| &output.rollups).collect(), tables).await
     }
 
-    /// Inserts `generations` and `rollups` into `tables`, each in as few inserts as the partition
-    /// limit allows.
-    async fn insert_rows(&self, generations: Vec<&GenerationRow>, rollups: Vec<&RollupRow>, tables: Tables) -> Result<(), SinkError> {
-        let max = self.limits.max_partitions_per_insert;
-        for rows in by_partitions(generations, |row| row.start_time, max) {
-            insert(&self.clickhouse, tables.generations, rows).await?;
-        }
-        for rows in by_partitions(rollups, |row| row.hour, max) {
-            insert(&self.clickhouse, tables.rollups, rows).await?;
+    /// Inserts rows of the output `O` into its table in `tables`, in as few inserts as the
+    /// partition limit allows.
+    async fn insert_rows<O: ClickHouseOutput>(&self, rows: Vec<&O::Row>, tables: Tables) -> Result<(), SinkError> {
+        for rows in by_partitions(rows, O::partition_time, self.limits.max_partitions_per_insert) {
+            insert(&self.clickhouse, tables.of::<O>(), rows).await?;
         }
         Ok(())
     }
 
     /// Writes `batch`'s output over `previous`, an earlier output of the same claim that may
-    /// have been written in part or whole: the rows again, a zeroed row for each rollup key only
-    /// `previous` has, and a delete of the raw rows only `previous` has.
+    /// have been written in part or whole: the rows again, the rows that supersede what only
+    /// `previous` has (zeroed rollup rows), and a delete of the raw rows only `previous` has.
     pub(super) async fn rewrite(&self, batch: &PartitionBatch<'_>, previous: &BatchOutput) -> Result<(), SinkError> {
-        let mut output_keys = HashSet::new();
-        for row in &batch.output.rollups {
-            output_keys.insert(row.key());
-        }
-        let zeroed: Vec<RollupRow> = previous.rollups.iter().filter(|row| !output_keys.contains(&row.key())).map(RollupRow::zeroed).collect();
-        let mut rows: Vec<&RollupRow> = batch.output.rollups.iter().collect();
-        rows.extend(&zeroed);
-        self.insert_rows(batch.output.generations.iter().collect(), rows, Tables::REAL).await?;
+        self.rewrite_rows::<RawEvents>(&previous.generations, &batch.output.generations).await?;
+        self.rewrite_rows::<CostRollup>(&previous.rollups, &batch.output.rollups).await?;
         let kept: HashSet<&str> = batch.output.generations.iter().map(|row| row.event_id.as_str()).collect();
         let gone: Vec<&GenerationRow> = previous.generations.iter().filter(|row| !kept.contains(row.event_id.as_str())).collect();
         if !gone.is_empty() {
@@ -130,6 +125,13 @@ impl Sink {
             tracing::warn!(partition = batch.claim.partition, rows = gone.len(), "raw rows of refused events deleted");
         }
         Ok(())
+    }
+
+    /// Writes `current` and the rows that supersede `previous`'s (see
+    /// [`ClickHouseOutput::superseded`]).
+    async fn rewrite_rows<O: ClickHouseOutput>(&self, previous: &[O::Row], current: &[O::Row]) -> Result<(), SinkError> {
+        let superseded = O::superseded(previous, current);
+        self.insert_rows::<O>(current.iter().chain(&superseded).collect(), Tables::Real).await
     }
 }
 

@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 
 use super::{ErrorKind, PartitionBatch, PartitionOutcome, Sink, SinkError};
 use crate::prices::PriceTable;
-use crate::rollup::{BatchOutput, RunDelta};
+use crate::derived::agent_runs::RunDelta;
+use crate::derived::BatchOutput;
 
 /// Transaction-level advisory lock taken before a commit writes `agent_runs`, held until it
 /// commits. A commit upserts two sets of runs, its partition's run events and then its
@@ -87,13 +88,13 @@ impl Sink {
     /// The agent run updates of `output`, inside `transaction` (a commit's, or a trial's that is
     /// rolled back).
     pub(super) async fn apply_runs(&self, transaction: &mut Transaction<'_, Postgres>, output: &BatchOutput) -> Result<(), SinkError> {
-        if output.run_events.is_empty() && output.run_deltas.is_empty() {
+        if output.runs.is_empty() {
             return Ok(());
         }
         // One writer at a time in `agent_runs` (see AGENT_RUNS_LOCK).
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AGENT_RUNS_LOCK).execute(&mut **transaction).await?;
-        upsert_run_events(transaction, &output.run_events, self.limits.max_run_metadata_bytes).await?;
-        upsert_run_deltas(transaction, &output.run_deltas).await?;
+        upsert_run_events(transaction, &output.runs.events, self.limits.max_run_metadata_bytes).await?;
+        upsert_run_deltas(transaction, &output.runs.deltas).await?;
         Ok(())
     }
 }

@@ -69,7 +69,7 @@ impl Sink {
             ErrorKind::Refused => Ok(Some(error.to_string())),
             ErrorKind::Transient => Err(error),
         };
-        if let Err(error) = self.insert_outputs(&[&output], Tables::PROBE).await {
+        if let Err(error) = self.insert_outputs(&[&output], Tables::Probe).await {
             return refused(error);
         }
         let mut transaction = self.pool.begin().await?;

@@ -9,7 +9,7 @@
 //!    event counts only where it was first seen, so duplicates never count and a recomputation
 //!    of the same batch counts the same events. A retry must cover at least the recorded
 //!    `pending_end`.
-//! 2. **Compute** ([`crate::rollup`]): the rows of the counted events; events the stores cannot
+//! 2. **Compute** ([`crate::derived`]): the rows of every derived output from the counted events; events the stores cannot
 //!    hold as they are (a time outside ClickHouse's `DateTime`, sums that would overflow) are
 //!    left out as rejected.
 //! 3. **Write** ClickHouse ([`clickhouse`]): raw rows (ReplacingMergeTree by event id) and
@@ -50,7 +50,7 @@ use uuid::Uuid;
 pub use self::error::{ErrorKind, SinkError};
 use crate::metrics::ProcessorMetrics;
 use crate::prices::PriceTable;
-use crate::rollup::{self, BatchOutput, Rejected};
+use crate::derived::{self, BatchOutput, Rejected};
 
 /// A message as consumed: its offset, the raw payload (for the dead-letter topic) and the
 /// decode outcome.
@@ -167,7 +167,7 @@ fn compute_output<'e, 'a: 'e>(claim: Claim, counted: impl Iterator<Item = &'e Co
             Event::AgentRun(run) => runs.push((counted.offset, run)),
         }
     }
-    rollup::compute(claim.partition, claim.start, claim.end, &generations, &runs, prices)
+    derived::compute(claim.partition, claim.start, claim.end, &generations, &runs, prices)
 }
 
 /// Observes the time of each step in `tally_processor_step_seconds`.

@@ -1,5 +1,5 @@
-//! The rollup compaction frontier, shared by the processor (which compacts) and the query API
-//! (which reads compacted rows plus the batch rows not yet compacted).
+//! The rollup compaction markers and frontier, shared by the processor (which compacts) and the
+//! query API (which reads compacted rows plus the batch rows not yet compacted).
 //!
 //! `cost_rollup_batches` holds one row per (source batch, hour, dimensions). The compactor
 //! folds the rows of *committed* batches (those whose first offset is below the partition's
@@ -12,18 +12,24 @@
 
 use std::collections::BTreeMap;
 
-/// The metric columns every rollup table has, in the order compaction and queries read them.
-pub const METRIC_COLUMNS: &str = "requests, errors, input_tokens, output_tokens, cache_read_input_tokens, \
-     cache_creation_input_tokens, reasoning_tokens, cache_hits, cost, priced_requests, client_cost_requests, unpriced_requests, \
-     latency_bucket_ids, latency_bucket_counts";
-
 /// Per source partition, the first batch offset a compaction did not include.
 pub type Frontier = BTreeMap<i32, i64>;
 
+/// A compaction's progress, stored as `Enum8('started' = 1, 'done' = 2)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MarkerState {
     Started,
     Done,
+}
+
+impl MarkerState {
+    /// The stored enum value.
+    pub const fn code(self) -> i8 {
+        match self {
+            MarkerState::Started => 1,
+            MarkerState::Done => 2,
+        }
+    }
 }
 
 /// One row of `rollup_compactions`.
@@ -46,7 +52,7 @@ impl From<MarkerRow> for Marker {
     fn from(row: MarkerRow) -> Self {
         Marker {
             version: row.version,
-            state: if row.state_code == 2 { MarkerState::Done } else { MarkerState::Started },
+            state: if row.state_code as i8 == MarkerState::Done.code() { MarkerState::Done } else { MarkerState::Started },
             frontier: row.frontier_partitions.into_iter().zip(row.frontier_offsets).collect(),
         }
     }
@@ -66,6 +72,34 @@ pub async fn last_done(client: &clickhouse::Client) -> Result<Option<Marker>, cl
     let rows: Vec<MarkerRow> =
         client.query(&format!("{MARKER_COLUMNS} WHERE state = 'done' ORDER BY version DESC LIMIT 1")).fetch_all().await?;
     Ok(rows.into_iter().next().map(Marker::from))
+}
+
+/// The marker row as written.
+#[derive(clickhouse::Row, serde::Serialize)]
+pub struct MarkerWrite {
+    pub version: u64,
+    pub state: i8,
+    pub frontier_partitions: Vec<i32>,
+    pub frontier_offsets: Vec<i64>,
+    pub created_at: u32,
+}
+
+/// The table of the markers.
+pub const MARKER_TABLE: &str = "rollup_compactions";
+
+/// Records that compaction `version` has reached `state` with `frontier`.
+pub async fn write_marker(client: &clickhouse::Client, version: u64, state: MarkerState, frontier: &Frontier) -> Result<(), clickhouse::error::Error> {
+    let mut insert = client.insert::<MarkerWrite>(MARKER_TABLE).await?;
+    insert
+        .write(&MarkerWrite {
+            version,
+            state: state.code(),
+            frontier_partitions: frontier.keys().copied().collect(),
+            frontier_offsets: frontier.values().copied().collect(),
+            created_at: time::OffsetDateTime::now_utc().unix_timestamp() as u32,
+        })
+        .await?;
+    insert.end().await
 }
 
 /// SQL condition on `cost_rollup_batches` for the rows at or above `frontier` (not compacted).
