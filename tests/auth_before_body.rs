@@ -41,12 +41,14 @@ async fn ingest_refuses_bad_keys_before_the_body_arrives() {
     let url = env.start_ingest().await;
     let read_only = keys::create_key_with(&env.pool, "reader", &NewKey { scopes: vec![Scope::Read], ..NewKey::default() }).await.unwrap().key;
 
-    let (answer, took) = answer_to_endless_body(&url, "/v1/events", &format!("tally_{:064x}", 1)).await;
-    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    // The known key first: a key not yet cached is looked up only while the address may still
+    // fail, so after the unknown key below it would be refused with 429 too.
     let (answer, took) = answer_to_endless_body(&url, "/v1/events", &read_only).await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(answer.contains("insufficient_scope"), "{answer}");
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    let (answer, took) = answer_to_endless_body(&url, "/v1/events", &format!("tally_{:064x}", 1)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(took < Duration::from_secs(3), "answered after {took:?}");
     // The one failed attempt this address may make was spent above: the next guess is refused
     // without a lookup, and counted.
