@@ -45,7 +45,7 @@ print("- CPU priority: " + ("ingest and Kafka (the acknowledgement path) in a cg
       else "none (BENCH_CPU_PRIORITY=off): every process has the same weight"))
 jitters = [(when, json.loads((out / f"jitter-{when}.json").read_text())) for when in ("before", "after") if (out / f"jitter-{when}.json").exists()]
 if jitters:
-    print("- machine steadiness (`tally cpu-jitter`, stack idle; a fixed piece of computation on each core with pauses in between, "
+    print("- machine steadiness (`tally-loadtest cpu-jitter`, stack idle; a fixed piece of computation on each core with pauses in between, "
           "so every millisecond above the undisturbed time is the machine's, not Tally's): " + "; ".join(
         f"{when} the scenarios, {j['undisturbed_ms']:.1f} ms pieces took p50 {j['wall_ms']['p50']:.1f} / p99 {j['wall_ms']['p99']:.1f} / "
         f"p99.9 {j['wall_p999_ms']:.1f} / max {j['wall_ms']['max']:.1f} ms, {j['over_5x_share'] * 100:.2f} % over 5x"
@@ -99,11 +99,11 @@ if query:
     print("\n## (d) Query latency on a large store\n")
     if fill:
         processor = fill.get("processor") or {}
-        print(f"Filled through the whole pipeline (ingest, Kafka, processor, compaction every 10 s) with `tally loadtest --spread-over 30d`: "
+        print(f"Filled through the whole pipeline (ingest, Kafka, processor, compaction every 10 s) with `tally-loadtest load --spread-over 30d`: "
               f"{fill['events']['accepted']:,} events accepted at {fmt(fill['accepted_events_per_sec'])}/s, event times spread evenly over the 30 days "
               f"before the run; the processor drained them at {fmt(processor.get('processed_per_sec'))}/s. "
               f"Peak RSS: ingest {mem(fill, 'ingest')}, processor {mem(fill, 'processor')}, query API {mem(fill, 'query-api')}.\n")
-    print(f"`tally query-bench` ({query['started_at']}): {query['requests_per_endpoint']} sequential calls per endpoint after 10 warm-up calls, "
+    print(f"`tally-loadtest query-bench` ({query['started_at']}): {query['requests_per_endpoint']} sequential calls per endpoint after 10 warm-up calls, "
           f"on an otherwise idle pipeline.\n")
     print("| endpoint | p50 / p95 / p99 / max (ms) | items in the answer | requests counted in the answer |")
     print("|---|---|---|---|")

@@ -68,12 +68,6 @@ enum Command {
     },
     /// Print the effective configuration (secrets hidden).
     Config,
-    /// Generate realistic load against the ingest service and report throughput, latency, lag and memory.
-    Loadtest(tally_loadtest::LoadtestArgs),
-    /// Measure the latency of the query API's read endpoints (cost queries over a range, run pages).
-    QueryBench(tally_loadtest::query_bench::QueryBenchArgs),
-    /// Measure how steady this machine's CPUs are: percentiles of a fixed piece of computation.
-    CpuJitter(tally_loadtest::cpu_jitter::CpuJitterArgs),
 }
 
 #[derive(Subcommand)]
@@ -181,11 +175,6 @@ fn main() -> anyhow::Result<()> {
             Command::Config => {
                 println!("{config:#?}");
                 Ok(())
-            }
-            Command::Loadtest(args) => tally_loadtest::run(args).await.map(|_| ()),
-            Command::QueryBench(args) => tally_loadtest::query_bench::run(args).await.map(|_| ()),
-            Command::CpuJitter(args) => {
-                tokio::task::spawn_blocking(move || tally_loadtest::cpu_jitter::run(args)).await?.map(|_| ())
             }
         }
     })

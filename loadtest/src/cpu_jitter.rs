@@ -1,5 +1,5 @@
-//! `tally cpu-jitter`: how steady this machine's CPUs are, as the floor under every latency
-//! figure the benchmarks report.
+//! `tally-loadtest cpu-jitter`: how steady this machine's CPUs are, as the floor under every
+//! latency figure the benchmarks report.
 //!
 //! On a shared virtual machine the hypervisor lends our vCPUs to other guests, and the guest
 //! counts the time it was away as the running thread's own CPU time. A request that needs 3 ms

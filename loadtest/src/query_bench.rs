@@ -1,5 +1,5 @@
-//! `tally query-bench`: latency of the query API's read endpoints on whatever the stores hold
-//! (scenario (d) of `scripts/bench` fills them with 10M generations over 30 days first).
+//! `tally-loadtest query-bench`: latency of the query API's read endpoints on whatever the stores
+//! hold (scenario (d) of `scripts/bench` fills them with 10M generations over 30 days first).
 //!
 //! Each endpoint is called `--requests` times one after the other (after `--warmup` calls that
 //! are not counted), so the figures are the latency of one dashboard request on an otherwise

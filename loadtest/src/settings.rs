@@ -1,4 +1,4 @@
-//! The command line of `tally loadtest` and its validation.
+//! The command line of `tally-loadtest load` and its validation.
 //!
 //! Every knob of a run is a flag so that a scenario is one reproducible command line; the
 //! [`Settings`] echo of those flags (without the API keys) goes into the report, so a JSON
@@ -83,7 +83,7 @@ pub enum SettingsError {
     Url { flag: &'static str, value: String },
 }
 
-/// `tally loadtest`: realistic traffic against `POST /v1/events`, with a report of throughput,
+/// `tally-loadtest load`: realistic traffic against `POST /v1/events`, with a report of throughput,
 /// latency, end-to-end lag, processor drain and memory.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadtestArgs {
