@@ -1,7 +1,10 @@
 //! Tally's configuration, read in one place: built-in defaults, then an optional TOML file
 //! (`--config FILE` or `TALLY_CONFIG`), then environment variables `TALLY__SECTION__KEY`
 //! (for example `TALLY__KAFKA__BROKERS=127.0.0.1:9092`). Unknown keys are an error that names
-//! the key, so a typo never silently falls back to a default. Secrets are wrapped in
+//! the key, so a typo never silently falls back to a default. Keys that take one of a few
+//! names (`log.format`, `kafka.compression`, `clickhouse.compression`) are enums, so a value
+//! outside them is refused at load with an error naming the key and the allowed names, and the
+//! code using them matches every case instead of falling back. Secrets are wrapped in
 //! [`Secret`], whose `Debug` and `Display` never print the value.
 //!
 //! The defaults point at the local stack of `scripts/stack` (loopback, non-default ports).
@@ -38,6 +41,61 @@ impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
+}
+
+/// Defines a key that takes one of a few names: it reads and writes exactly these names (a
+/// value outside them is an error that lists them), `as_str` gives the name back, and `Debug`
+/// prints it quoted, as it printed when these keys were strings (`tally config` prints the
+/// configuration with `Debug`). Not serde's derive: figment hands an enum a number as the
+/// variant's index, so `TALLY__LOG__FORMAT=1` would have meant `json`; a name must be a string.
+macro_rules! config_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$variant_meta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant),+
+        }
+
+        impl $name {
+            /// The names, as written in the configuration.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The name as written in the configuration.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(deserializer)?;
+                match name.as_str() {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(serde::de::Error::unknown_variant(&name, Self::NAMES)),
+                }
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,8 +145,20 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u32,
     /// Producer: local queue bound; above it ingest answers 503 instead of buffering.
     pub queue_max_messages: u32,
-    /// Producer compression (`lz4`, `zstd`, `gzip`, `none`).
-    pub compression: String,
+    /// Producer compression (`lz4`, `zstd`, `gzip`, `snappy`, `none`).
+    pub compression: KafkaCompression,
+}
+
+config_enum! {
+    /// The Kafka producer's compression codec; [`KafkaCompression::as_str`] is the name
+    /// librdkafka's `compression.type` takes.
+    KafkaCompression {
+        Lz4 = "lz4",
+        Zstd = "zstd",
+        Gzip = "gzip",
+        Snappy = "snappy",
+        None = "none",
+    }
 }
 
 impl Default for KafkaConfig {
@@ -102,7 +172,7 @@ impl Default for KafkaConfig {
             linger_ms: 1,
             message_timeout_ms: 30_000,
             queue_max_messages: 500_000,
-            compression: "lz4".into(),
+            compression: KafkaCompression::Lz4,
         }
     }
 }
@@ -118,7 +188,16 @@ pub struct ClickHouseConfig {
     /// Compression of what the HTTP client sends (inserts) and asks for: `none` or `lz4`.
     /// `none` by default: on one machine or a fast LAN, LZ4 only costs CPU on both sides
     /// (it was ~7 % of the processor's CPU); choose `lz4` across a slow network.
-    pub compression: String,
+    pub compression: ClickHouseCompression,
+}
+
+config_enum! {
+    /// What the ClickHouse HTTP client compresses its requests and answers with. Only the
+    /// codecs the `clickhouse` crate is built with (its `lz4` feature) are offered.
+    ClickHouseCompression {
+        None = "none",
+        Lz4 = "lz4",
+    }
 }
 
 impl Default for ClickHouseConfig {
@@ -128,7 +207,7 @@ impl Default for ClickHouseConfig {
             database: "tally".into(),
             user: "default".into(),
             password: Secret::default(),
-            compression: "none".into(),
+            compression: ClickHouseCompression::None,
         }
     }
 }
@@ -308,14 +387,24 @@ impl Default for QueryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter, e.g. `info,tally_processor=debug`. `RUST_LOG` overrides it.
     pub filter: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: "text".into(), filter: "info".into() }
+        Self { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+config_enum! {
+    /// How log lines are written to stderr.
+    LogFormat {
+        /// Human-readable lines (tracing's default formatter).
+        Text = "text",
+        /// One JSON object per line, for log collectors.
+        Json = "json",
     }
 }
 
@@ -350,13 +439,25 @@ impl Config {
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
         let config: Config = figment.extract().map_err(|error| {
             // figment's messages name the key and where it came from, but a type error quotes the
-            // value: for secret keys only the key is reported.
+            // value: for secret keys only the key is reported. A value outside an enumeration is
+            // rendered by us: figment's own text says `for key "default.log.format"` (or the
+            // key upper-cased for environment variables) and doubles the backticks around the
+            // allowed names.
             let messages: Vec<String> = error
                 .into_iter()
                 .map(|e| {
                     let key = e.path.join(".");
                     if SECRET_KEYS.contains(&key.as_str()) {
                         format!("invalid value for {key} (value hidden; quote it if it looks like a number)")
+                    } else if let figment::error::Kind::UnknownVariant(value, allowed) = &e.kind {
+                        let origin = match &e.metadata {
+                            Some(metadata) => match &metadata.source {
+                                Some(source) => format!(" (in {source} {})", metadata.name),
+                                None => format!(" (in {})", metadata.name),
+                            },
+                            None => String::new(),
+                        };
+                        format!("{key} must be one of {}, not {value:?}{origin}", allowed.join(", "))
                     } else {
                         e.to_string()
                     }
@@ -369,9 +470,6 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid(format!("log.format must be text or json, not {:?}", self.log.format)));
-        }
         if self.processor.max_partitions_per_insert == 0 || self.processor.max_partitions_per_insert > 100 {
             return Err(ConfigError::Invalid("processor.max_partitions_per_insert must be between 1 and 100".into()));
         }
@@ -403,12 +501,6 @@ impl Config {
         if self.ingest.accept_past_days == 0 {
             return Err(ConfigError::Invalid("ingest.accept_past_days must be at least 1 (0 would reject every event as too old)".into()));
         }
-        if !matches!(self.clickhouse.compression.as_str(), "lz4" | "none") {
-            return Err(ConfigError::Invalid(format!("clickhouse.compression {:?} is not one of lz4, none", self.clickhouse.compression)));
-        }
-        if !matches!(self.kafka.compression.as_str(), "lz4" | "zstd" | "gzip" | "snappy" | "none") {
-            return Err(ConfigError::Invalid(format!("kafka.compression {:?} is not one of lz4, zstd, gzip, snappy, none", self.kafka.compression)));
-        }
         Ok(())
     }
 }
@@ -439,11 +531,76 @@ mod tests {
     #[test]
     fn compression_names_are_checked_and_clickhouse_defaults_to_none() {
         let defaults = || Figment::from(Serialized::defaults(Config::default()));
-        assert_eq!(Config::extract(defaults()).unwrap().clickhouse.compression, "none");
+        assert_eq!(Config::extract(defaults()).unwrap().clickhouse.compression, ClickHouseCompression::None);
         let lz4 = Config::extract(defaults().merge(Serialized::default("clickhouse.compression", "lz4"))).unwrap();
-        assert_eq!(lz4.clickhouse.compression, "lz4");
+        assert_eq!(lz4.clickhouse.compression, ClickHouseCompression::Lz4);
         let error = Config::extract(defaults().merge(Serialized::default("clickhouse.compression", "zstd"))).unwrap_err().to_string();
         assert!(error.contains("clickhouse.compression") && error.contains("zstd"), "{error}");
+    }
+
+    #[test]
+    fn every_name_of_each_enumeration_is_accepted_as_today() {
+        let defaults = || Figment::from(Serialized::defaults(Config::default()));
+        let load = |key: &str, value: &str| Config::extract(defaults().merge(Serialized::default(key, value))).unwrap();
+        for (name, expected) in [
+            ("lz4", KafkaCompression::Lz4),
+            ("zstd", KafkaCompression::Zstd),
+            ("gzip", KafkaCompression::Gzip),
+            ("snappy", KafkaCompression::Snappy),
+            ("none", KafkaCompression::None),
+        ] {
+            assert_eq!(load("kafka.compression", name).kafka.compression, expected);
+            assert_eq!(expected.as_str(), name, "the name handed to librdkafka");
+        }
+        for (name, expected) in [("none", ClickHouseCompression::None), ("lz4", ClickHouseCompression::Lz4)] {
+            assert_eq!(load("clickhouse.compression", name).clickhouse.compression, expected);
+        }
+        for (name, expected) in [("text", LogFormat::Text), ("json", LogFormat::Json)] {
+            assert_eq!(load("log.format", name).log.format, expected);
+        }
+        let config = Config::extract(defaults()).unwrap();
+        assert_eq!((config.kafka.compression, config.clickhouse.compression, config.log.format), (KafkaCompression::Lz4, ClickHouseCompression::None, LogFormat::Text));
+        // Serialized (the defaults figment starts from) and printed by `tally config` (`Debug`)
+        // with the same names that are read.
+        let printed = serde_json::to_value(&config).unwrap();
+        assert!(printed["kafka"]["compression"] == "lz4" && printed["clickhouse"]["compression"] == "none" && printed["log"]["format"] == "text", "{printed}");
+        let debug = format!("{config:?}");
+        assert!(debug.contains("compression: \"lz4\"") && debug.contains("format: \"text\""), "{debug}");
+    }
+
+    #[test]
+    fn a_name_outside_an_enumeration_is_refused_naming_the_key_and_the_allowed_names() {
+        let defaults = || Figment::from(Serialized::defaults(Config::default()));
+        for (key, value, allowed) in [
+            ("kafka.compression", "brotli", "lz4, zstd, gzip, snappy, none"),
+            ("clickhouse.compression", "zstd", "none, lz4"),
+            ("log.format", "yaml", "text, json"),
+            ("log.format", "JSON", "text, json"),
+        ] {
+            let error = Config::extract(defaults().merge(Serialized::default(key, value))).unwrap_err().to_string();
+            assert!(error.contains(&format!("{key} must be one of {allowed}, not \"{value}\"")), "{error}");
+        }
+        // Not a variant's index, as serde's derived enums would take it through figment.
+        for key in ["kafka.compression", "clickhouse.compression", "log.format"] {
+            let error = Config::extract(defaults().merge(Serialized::default(key, 1))).unwrap_err().to_string();
+            assert!(error.contains("expected a string") && error.contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_bad_name_is_reported_with_the_file_or_variable_it_came_from() {
+        let path = std::env::temp_dir().join(format!("tally-config-test-{}.toml", std::process::id()));
+        std::fs::write(&path, "[log]\nformat = \"yaml\"\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(error.contains("log.format must be one of text, json, not \"yaml\"") && error.contains(&path.display().to_string()), "{error}");
+
+        // A prefix of this test's own, so that no other test sees the variable.
+        std::env::set_var("TALLY_CONFIG_ENUM_TEST__KAFKA__COMPRESSION", "lz5");
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Env::prefixed("TALLY_CONFIG_ENUM_TEST__").split("__"));
+        let error = Config::extract(figment).unwrap_err().to_string();
+        std::env::remove_var("TALLY_CONFIG_ENUM_TEST__KAFKA__COMPRESSION");
+        assert!(error.contains("kafka.compression must be one of lz4, zstd, gzip, snappy, none, not \"lz5\"") && error.contains("environment variable"), "{error}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::config::{ClickHouseConfig, Config, KafkaConfig, PostgresConfig};
+use crate::config::{ClickHouseCompression, ClickHouseConfig, Config, KafkaConfig, PostgresConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,17 +37,22 @@ pub fn postgres_pool(config: &PostgresConfig) -> Result<PgPool, StoreError> {
         .connect_lazy_with(options))
 }
 
-/// A ClickHouse HTTP client for the configured database. Row validation is off: the crate's
-/// validation uses `RowBinaryWithNamesAndTypes`, which ClickHouse 18.16 does not have.
+/// A ClickHouse HTTP client for the configured database.
+///
+/// Row validation is off: the crate's validation fetches the table with `DESCRIBE TABLE` and the
+/// setting `describe_include_subcolumns` and sends `RowBinaryWithNamesAndTypes`, and ClickHouse
+/// 18.16 (the development stack) knows neither the setting nor the format (codes 115 and 73). The
+/// services check their row structs against the tables' columns at startup instead
+/// ([`crate::schema_check`]).
 pub fn clickhouse_client(config: &ClickHouseConfig) -> clickhouse::Client {
     clickhouse_server_client(config).with_database(&config.database)
 }
 
 /// A ClickHouse client without a default database (to create it).
 pub fn clickhouse_server_client(config: &ClickHouseConfig) -> clickhouse::Client {
-    let compression = match config.compression.as_str() {
-        "lz4" => clickhouse::Compression::Lz4,
-        _ => clickhouse::Compression::None,
+    let compression = match config.compression {
+        ClickHouseCompression::Lz4 => clickhouse::Compression::Lz4,
+        ClickHouseCompression::None => clickhouse::Compression::None,
     };
     let mut client = clickhouse::Client::default()
         .with_url(&config.url)
@@ -85,7 +90,7 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
         .set("queue.buffering.max.kbytes", "1048576")
         .set("batch.num.messages", "10000")
         .set("batch.size", "1000000")
-        .set("compression.type", &config.compression);
+        .set("compression.type", config.compression.as_str());
     client
 }
 

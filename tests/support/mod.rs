@@ -163,6 +163,6 @@ impl TestEnv {
 
 fn tracing_subscriber_init() {
     if std::env::var("TALLY_TEST_LOG").is_ok() {
-        tally_common::telemetry::init_tracing(&tally_common::config::LogConfig { format: "text".into(), filter: "info".into() });
+        tally_common::telemetry::init_tracing(&tally_common::config::LogConfig::default());
     }
 }
