@@ -5,6 +5,7 @@
 //! - [`telemetry`]: tracing setup and the Prometheus `/metrics` and HTTP request metrics.
 //! - [`shutdown`]: the cancellation token every task watches (SIGINT/SIGTERM).
 //! - [`stores`]: connecting to Postgres, ClickHouse, Redis and Kafka from the config.
+//! - [`schema_check`]: the startup check that row structs fit their ClickHouse tables' columns.
 //! - [`migrate`]: versioned migrations for Postgres and ClickHouse, and the Kafka topics.
 //! - [`keys`]: projects and API keys (stored hashed), and the authenticator services use.
 //! - [`auth`]: the [`auth::Project`] extractor: the request's key, checked before its body is read.
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod migrate;
 pub mod rate_limit;
 pub mod rollup;
+pub mod schema_check;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;

@@ -25,6 +25,7 @@ pub mod derived;
 pub mod dlq;
 pub mod metrics;
 pub mod prices;
+pub mod schema;
 pub mod sink;
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@ pub mod costs;
 pub mod limits;
 pub mod params;
 pub mod runs;
+pub mod schema;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
