@@ -113,6 +113,58 @@ async fn an_unreachable_server_is_told_apart_from_a_schema_that_does_not_fit() {
     assert!(error.is_unreachable(), "{error}");
 }
 
+/// The checks run at startup: a processor whose rows no longer fit a table, or a query API
+/// missing a column it reads, stops with the error (before the processor consumes anything: its
+/// Postgres and Kafka are not even reachable here); while ClickHouse is down both start, and
+/// answer `/health`.
+#[tokio::test]
+async fn the_services_refuse_a_table_that_does_not_fit_and_start_while_clickhouse_is_down() {
+    let (mut config, client) = database(true).await;
+    client.query("ALTER TABLE rollup_compactions ADD COLUMN reason String").execute().await.unwrap();
+    client.query("ALTER TABLE cost_compact_daily DROP COLUMN cache_hits").execute().await.unwrap();
+    // Nothing listens on these ports: the services must not get as far as the other stores.
+    config.kafka.brokers = "127.0.0.1:9".into();
+    config.postgres.url = tally_common::config::Secret::new("postgres://postgres@127.0.0.1:9/none");
+    let start = |config: Config| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let token = tally_common::shutdown::CancellationToken::new();
+        let processor = tokio::time::timeout(std::time::Duration::from_secs(30), tally_processor::serve(config.clone(), listener, token.clone())).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let query_api = tokio::time::timeout(std::time::Duration::from_secs(30), tally_query_api::serve(config, listener, token)).await;
+        (processor, query_api)
+    };
+    let (processor, query_api) = start(config.clone()).await;
+    drop_database(&config).await;
+    let processor = processor.expect("the processor stops at once").unwrap_err().to_string();
+    assert!(processor.contains("does not match ClickHouse table rollup_compactions") && processor.contains("reason"), "{processor}");
+    let query_api = query_api.expect("the query API stops at once").unwrap_err().to_string();
+    assert!(query_api.contains("cost_compact_daily") && query_api.contains("cache_hits"), "{query_api}");
+
+    // ClickHouse down: both start.
+    config.clickhouse.url = "http://127.0.0.1:9".into();
+    let http = reqwest::Client::new();
+    for service in ["processor", "query-api"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let token = tally_common::shutdown::CancellationToken::new();
+        let task = match service {
+            "processor" => tokio::spawn(tally_processor::serve(config.clone(), listener, token.clone())),
+            _ => tokio::spawn(tally_query_api::serve(config.clone(), listener, token.clone())),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            assert!(!task.is_finished(), "{service} stopped while ClickHouse was down: {:?}", task.await);
+            if let Ok(response) = http.get(format!("http://{address}/health")).send().await {
+                assert_eq!(response.status(), 200, "{service} /health");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{service} did not answer /health within 30 s");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        token.cancel();
+    }
+}
+
 /// What `stores::clickhouse_client` turns off, and why: with validation on, the crate
 /// describes the table with the setting `describe_include_subcolumns` and sends
 /// `RowBinaryWithNamesAndTypes`. When this test fails because the insert works, the server has

@@ -101,6 +101,25 @@ impl SchemaError {
     }
 }
 
+/// What a service does with its startup check: a schema that does not fit stops it (the error
+/// names the table, the struct and the columns); a ClickHouse that does not answer is logged
+/// and the service starts, since every service must start while a store is down (its `/ready`
+/// names the store, and the first write or read that reaches ClickHouse fails loudly if the
+/// schema is wrong after all).
+pub fn at_startup(service: &str, result: Result<(), SchemaError>) -> Result<(), SchemaError> {
+    match result {
+        Err(error) if error.is_unreachable() => {
+            tracing::warn!(service, %error, "ClickHouse schema not checked: ClickHouse does not answer; starting anyway");
+            Ok(())
+        }
+        Err(error) => Err(error),
+        Ok(()) => {
+            tracing::info!(service, "ClickHouse tables fit the rows this service writes and reads");
+            Ok(())
+        }
+    }
+}
+
 /// The columns of `table` in the client's database, in table order; empty if there is no such
 /// table.
 pub async fn table_columns(client: &clickhouse::Client, table: &str) -> Result<Vec<TableColumn>, SchemaError> {

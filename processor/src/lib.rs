@@ -14,9 +14,11 @@
 //! - [`prices`]: the model price table (lookup, CSV import, seed).
 //! - [`dlq`]: listing and replaying dead-lettered messages (`tally dlq`).
 //! - [`metrics`]: this service's Prometheus metrics.
+//! - [`schema`]: the startup check that every row struct it inserts fits its ClickHouse table
+//!   (a mismatch stops the service before anything is consumed).
 //! - this file: the service built like ingest and the query API: [`build`] (the state, no
 //!   network I/O), [`router`] (`/health`, `/ready`, `/metrics`) and [`serve`], which runs the
-//!   endpoints, loads the prices before the first batch, starts the price refresher and the
+//!   endpoints, checks the ClickHouse schema, loads the prices before the first batch, starts the price refresher and the
 //!   compaction task, then runs the consumer loop until shutdown.
 
 pub mod compaction;
@@ -39,7 +41,7 @@ use prometheus::Registry;
 use tally_common::health::{self, Readiness};
 use tally_common::shutdown::CancellationToken;
 use tally_common::telemetry;
-use tally_common::{stores, Config};
+use tally_common::{schema_check, stores, Config};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -82,6 +84,8 @@ pub fn router(state: Arc<ProcessorState>) -> Router {
 /// hand.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state = build(&config)?;
+    // Before anything is consumed: rows that no longer fit their table would fail every insert.
+    schema_check::at_startup("processor", schema::check(&state.clickhouse).await)?;
     let app = router(state.clone());
     tracing::info!(address = %listener.local_addr()?, topic = %config.kafka.topic, group = %config.kafka.consumer_group, "processor listening");
     let http_shutdown = shutdown.clone();

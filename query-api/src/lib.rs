@@ -6,6 +6,7 @@
 //! - [`runs`]: `GET /v1/agent/runs` and `GET /v1/agent/runs/{run_id}`.
 //! - [`limits`]: what one query may cost (execution time, answer size, per-project concurrency).
 //! - [`params`]: parsing of times, limits and cursors, with errors naming the parameter.
+//! - [`schema`]: the startup check that the ClickHouse tables have the columns it reads.
 //! - this file: [`build`], [`router`], [`serve`] and [`ReadAccess`], the extractor every
 //!   endpoint starts with: the key (through [`tally_common::auth::Project`], which runs before
 //!   anything else of the request is looked at; keys must hold `read`) and a permit to run one
@@ -34,7 +35,7 @@ use tally_common::keys::{Authenticator, Scope};
 use tally_common::rate_limit::Rate;
 use tally_common::shutdown::CancellationToken;
 use tally_common::telemetry::{self, HttpMetrics};
-use tally_common::{stores, Config};
+use tally_common::{schema_check, stores, Config};
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -92,6 +93,7 @@ pub fn router(state: Arc<QueryState>) -> anyhow::Result<Router> {
 
 pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state = build(&config)?;
+    schema_check::at_startup("query-api", schema::check(&state.clickhouse).await)?;
     let app = router(state)?;
     tracing::info!(address = %listener.local_addr()?, "query API listening");
     // The client's address, for the limit on failed authentications per address.
