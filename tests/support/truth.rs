@@ -134,6 +134,34 @@ pub async fn stored(env: &TestEnv) -> Option<(Truth, u64, u64)> {
     Some((truth, raw, raw - distinct))
 }
 
+/// What a failed wait prints: the acknowledged truth beside what each store holds, and for each
+/// partition of the topic the next offset the processor applies beside Kafka's watermarks, so
+/// that a lost event (Kafka holds fewer) is told apart from a stalled consumer (progress behind
+/// the high watermark) and from a claim without its writes (first-seen ahead of the rollup).
+pub async fn diagnose(env: &TestEnv, truth: &Truth) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut lines = vec![format!("acknowledged: {truth:?}"), format!("stored (rollup, raw rows, duplicate raw rows): {:?}", stored(env).await)];
+    let first_seen = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_first_seen").fetch_one(&env.pool).await;
+    lines.push(format!("event_first_seen rows: {first_seen:?}"));
+    let progress: Result<Vec<(i32, i64, Option<i64>)>, _> =
+        sqlx::query_as("SELECT kafka_partition, next_offset, pending_end FROM partition_progress WHERE topic = $1 ORDER BY kafka_partition")
+            .bind(&env.config.kafka.topic)
+            .fetch_all(&env.pool)
+            .await;
+    let topic = env.config.kafka.topic.clone();
+    let kafka = env.config.kafka.clone();
+    let watermarks = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = stores::kafka_base(&kafka).set("group.id", "tally-test-diagnose").create().map_err(|e| e.to_string())?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let partitions = metadata.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
+        Ok::<_, String>((0..partitions).map(|p| (p, consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).map_err(|e| e.to_string()))).collect::<Vec<_>>())
+    })
+    .await;
+    lines.push(format!("partition_progress (partition, next_offset, pending_end): {progress:?}"));
+    lines.push(format!("kafka watermarks (partition, (low, high)): {watermarks:?}"));
+    lines.join("\n")
+}
+
 pub async fn counted(env: &TestEnv) -> u64 {
     sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_first_seen").fetch_one(&env.pool).await.unwrap() as u64
 }
@@ -190,11 +218,18 @@ pub async fn compacted_view(env: &TestEnv) -> Option<(u64, u64, Decimal)> {
 /// Waits until the stores hold exactly the truth, then checks there is no duplicate raw row and
 /// that the compacted rollups (what `/v1/costs` reads) agree, including after a compaction.
 pub async fn assert_exact(env: &TestEnv, truth: &Truth) {
-    let (stored_truth, raw, duplicates) = eventually("stores to hold every acknowledged event", Duration::from_secs(120), || async {
-        let state = stored(env).await?;
-        (state.0.requests >= truth.requests && state.0.run_generations >= truth.run_generations).then_some(state)
-    })
-    .await;
+    let waited = std::time::Instant::now();
+    let (stored_truth, raw, duplicates) = loop {
+        if let Some(state) = stored(env).await {
+            if state.0.requests >= truth.requests && state.0.run_generations >= truth.run_generations {
+                break state;
+            }
+        }
+        if waited.elapsed() > Duration::from_secs(120) {
+            panic!("timed out after 120 s waiting for the stores to hold every acknowledged event\n{}", diagnose(env, truth).await);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(&stored_truth, truth, "rollup and run totals equal the acknowledged events");
     assert_eq!((raw, duplicates), (truth.requests, 0), "one raw row per event");
     let first = eventually("a finished compaction", Duration::from_secs(60), || compacted_view(env)).await;
