@@ -97,6 +97,11 @@ struct Lane {
     /// Partitions revoked while a write was in flight: dropped from what it hands back.
     revoked_while_busy: Vec<i32>,
     accept_gap_below: HashMap<i32, i64>,
+    /// Partitions to re-read from an offset whose seek failed (a seek right after an assignment,
+    /// or while the broker is away, can): retried every second until it succeeds or the
+    /// partition is revoked. Without the retry, a partition whose last messages were already
+    /// fetched would never be re-read, since only a newer message finds the gap again.
+    reseek: HashMap<i32, i64>,
 }
 
 impl Lane {
@@ -146,6 +151,10 @@ pub async fn run(
         // slow or down) stops consumption until that write returns.
         let full = lanes.iter().any(|lane| lane.busy && lane.buffered >= max_events);
         let deadline = lanes.iter().filter(|lane| !lane.busy).filter_map(|lane| lane.oldest).min().map(|at| at + max_wait);
+        let deadline = match lanes.iter().any(|lane| !lane.reseek.is_empty()) {
+            true => Some(deadline.map_or(Instant::now() + RESEEK_EVERY, |at| at.min(Instant::now() + RESEEK_EVERY))),
+            false => deadline,
+        };
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(done) = written.recv() => {
@@ -166,10 +175,14 @@ pub async fn run(
             for lane in &mut lanes {
                 lane.buffers.remove(&partition);
                 lane.recount();
+                lane.reseek.remove(&partition);
                 if lane.busy {
                     lane.revoked_while_busy.push(partition);
                 }
             }
+        }
+        for lane in &mut lanes {
+            lane.reseek.retain(|partition, expected| !seek_back(&consumer, &topic, *partition, *expected));
         }
         if let Some(message) = received {
             match message {
@@ -250,13 +263,28 @@ fn settle(lane: &mut Lane, done: Written, consumer: &StreamConsumer<GroupContext
         let low = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)).map(|(low, _)| low).unwrap_or(0);
         if low > expected {
             lane.accept_gap_below.insert(partition, low);
-        } else if let Err(error) = consumer.seek(topic, partition, Offset::Offset(expected), Duration::from_secs(5)) {
-            tracing::warn!(%error, partition, expected, "seek back failed; the partition's next owner re-reads it");
-        } else {
-            tracing::info!(partition, expected, "buffer skipped offsets; re-reading from the next offset to apply");
+        } else if !seek_back(consumer, topic, partition, expected) {
+            lane.reseek.insert(partition, expected);
         }
     }
     lane.recount();
+}
+
+const RESEEK_EVERY: Duration = Duration::from_secs(1);
+
+/// Moves the consumer's position of `partition` back to `expected`; false when the seek failed
+/// (the caller retries it).
+fn seek_back(consumer: &StreamConsumer<GroupContext>, topic: &str, partition: i32, expected: i64) -> bool {
+    match consumer.seek(topic, partition, Offset::Offset(expected), Duration::from_secs(5)) {
+        Ok(()) => {
+            tracing::info!(partition, expected, "buffer skipped offsets; re-reading from the next offset to apply");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, partition, expected, "seek back failed; retrying in a second");
+            false
+        }
+    }
 }
 
 async fn write_with_retry(
