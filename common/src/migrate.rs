@@ -40,8 +40,12 @@ pub const POSTGRES: &[MigrationFile] =
     &[migration!("postgres", "0001_init.sql"), migration!("postgres", "0002_event_keys.sql"), migration!("postgres", "0003_key_scopes.sql")];
 
 /// ClickHouse migrations, in order. `{db}` is replaced by the configured database name.
-pub const CLICKHOUSE: &[MigrationFile] =
-    &[migration!("clickhouse", "0001_init.sql"), migration!("clickhouse", "0002_rollup_compaction.sql"), migration!("clickhouse", "0003_probe_tables.sql")];
+pub const CLICKHOUSE: &[MigrationFile] = &[
+    migration!("clickhouse", "0001_init.sql"),
+    migration!("clickhouse", "0002_rollup_compaction.sql"),
+    migration!("clickhouse", "0003_probe_tables.sql"),
+    migration!("clickhouse", "0004_cache_stats.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

@@ -110,6 +110,15 @@ pub enum CostSource {
     Client = 2,
 }
 
+/// What [`PriceTable::price`] found for one generation.
+#[derive(Debug, Clone, Copy)]
+pub struct Pricing<'a> {
+    pub cost: Option<Decimal>,
+    pub source: CostSource,
+    /// The price in force at the generation's start, if the table has one for its model.
+    pub price: Option<&'a ModelPrice>,
+}
+
 /// The in-memory price table the processor prices with.
 #[derive(Debug, Default, Clone)]
 pub struct PriceTable {
@@ -168,13 +177,13 @@ impl PriceTable {
     }
 
     /// The cost of a generation: the client's if given (authoritative), else from the price
-    /// in force at its start; `None` (unpriced) when there is neither.
-    pub fn price(&self, generation: &Generation) -> (Option<Decimal>, CostSource) {
-        if let Some(cost) = generation.client_cost {
-            return (Some(cost), CostSource::Client);
-        }
-        match self.lookup(&generation.provider, &generation.model, generation.start_time_us) {
-            Some(price) => (
+    /// in force at its start; `None` (unpriced) when there is neither. Also the price in force,
+    /// whoever set the cost: what a cache saved is valued at the table's prices.
+    pub fn price(&self, generation: &Generation) -> Pricing<'_> {
+        let price = self.lookup(&generation.provider, &generation.model, generation.start_time_us);
+        let (cost, source) = match (generation.client_cost, price) {
+            (Some(cost), _) => (Some(cost), CostSource::Client),
+            (None, Some(price)) => (
                 Some(price.cost(
                     generation.input_tokens,
                     generation.output_tokens,
@@ -183,8 +192,9 @@ impl PriceTable {
                 )),
                 CostSource::Priced,
             ),
-            None => (None, CostSource::Unpriced),
-        }
+            (None, None) => (None, CostSource::Unpriced),
+        };
+        Pricing { cost, source, price }
     }
 
     pub async fn load(pool: &PgPool) -> Result<Self, PriceError> {

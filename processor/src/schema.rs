@@ -6,6 +6,7 @@
 use tally_common::rollup::compaction::{MarkerWrite, MARKER_TABLE};
 use tally_common::schema_check::{check_columns, SchemaError};
 
+use crate::derived::cache_stats::CacheStats;
 use crate::derived::cost_rollup::CostRollup;
 use crate::derived::raw_events::RawEvents;
 use crate::derived::ClickHouseOutput;
@@ -17,6 +18,7 @@ use crate::derived::ClickHouseOutput;
 pub async fn check(client: &clickhouse::Client) -> Result<(), SchemaError> {
     check_output::<RawEvents>(client).await?;
     check_output::<CostRollup>(client).await?;
+    check_output::<CacheStats>(client).await?;
     check_columns::<MarkerWrite>(client, MARKER_TABLE).await
 }
 

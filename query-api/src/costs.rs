@@ -116,7 +116,7 @@ pub async fn costs(
     ReadAccess { project, permit: _permit }: ReadAccess,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Json<CostsAnswer>, ApiError> {
-    let query = parse_query(&params, state.max_range_days)?;
+    let query = parse_query(&params, state.max_range_days, &[])?;
     let rows = read_rollups(&state, &project, &query).await?;
 
     let mut totals = Totals::default();

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`costs`]: `GET /v1/costs`.
+//! - [`cache`]: `GET /v1/cache/stats`, the cache-hit statistics.
 //! - [`runs`]: `GET /v1/agent/runs` and `GET /v1/agent/runs/{run_id}`.
 //! - [`limits`]: what one query may cost (execution time, answer size, per-project concurrency).
 //! - [`params`]: parsing of times, limits and cursors, with errors naming the parameter.
@@ -12,6 +13,7 @@
 //!   anything else of the request is looked at; keys must hold `read`) and a permit to run one
 //!   query for its project.
 
+pub mod cache;
 pub mod costs;
 pub mod limits;
 pub mod params;
@@ -82,6 +84,7 @@ pub fn router(state: Arc<QueryState>) -> anyhow::Result<Router> {
     let http_metrics = HttpMetrics::register(&state.registry)?;
     Ok(Router::new()
         .route("/v1/costs", get(costs::costs))
+        .route("/v1/cache/stats", get(cache::cache_stats))
         .route("/v1/agent/runs", get(runs::list_runs))
         .route("/v1/agent/runs/{run_id}", get(runs::get_run))
         .route("/ready", get(|State(state): State<Arc<QueryState>>| async move { state.readiness.check().await }))

@@ -25,6 +25,12 @@ pub fn format_time(time: OffsetDateTime) -> String {
     time.format(&Rfc3339).unwrap_or_default()
 }
 
+/// `seconds` rounded up to a multiple of `unit` (an hour: a range selects the hours whose start
+/// lies in it).
+pub fn ceil_to(seconds: i64, unit: i64) -> i64 {
+    seconds.div_euclid(unit) * unit + if seconds.rem_euclid(unit) == 0 { 0 } else { unit }
+}
+
 pub fn micros(time: OffsetDateTime) -> i64 {
     (time.unix_timestamp_nanos() / 1_000) as i64
 }

@@ -7,12 +7,13 @@ use tally_common::rollup::compaction::{MarkerWrite, MARKER_TABLE};
 use tally_common::rollup::{Dimension, BATCH_TABLE, COMPACT_DAILY_TABLE, COMPACT_HOURLY_TABLE, COMPACT_TOTALS_TABLE, HISTOGRAM_COLUMNS, METRICS};
 use tally_common::schema_check::{check_columns_exist, SchemaError};
 
+use crate::cache;
 use crate::runs::GenerationSummary;
 
 /// Checks the tables the query API reads: a run's generations (each field of
 /// [`GenerationSummary`] is a column, or converted from the column of its name, and the columns
 /// the query selects by), the rollup's batch and compacted tables (the dimensions each keeps and
-/// every metric column), and the compaction markers.
+/// every metric column), the cache statistics, and the compaction markers.
 pub async fn check(client: &clickhouse::Client) -> Result<(), SchemaError> {
     let mut generations = GenerationSummary::COLUMN_NAMES.to_vec();
     generations.extend(["project_id", "agent_run_id"]);
@@ -25,6 +26,12 @@ pub async fn check(client: &clickhouse::Client) -> Result<(), SchemaError> {
     for (table, columns) in [(BATCH_TABLE, &all), (COMPACT_HOURLY_TABLE, &compacted), (COMPACT_DAILY_TABLE, &compacted), (COMPACT_TOTALS_TABLE, &totals)] {
         check_columns_exist(client, table, "the cost query", columns).await?;
     }
+
+    let mut cache: Vec<&str> = vec!["project_id", "hour", "cache_kind"];
+    cache.extend(cache::DIMENSIONS.map(Dimension::column));
+    cache.extend(cache::METRICS);
+    cache.extend(cache::HISTOGRAMS.iter().flat_map(|(ids, counts)| [*ids, *counts]));
+    check_columns_exist(client, cache::TABLE, "the cache statistics query", &cache).await?;
 
     check_columns_exist(client, MARKER_TABLE, "the compaction frontier", MarkerWrite::COLUMN_NAMES).await
 }

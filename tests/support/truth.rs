@@ -21,16 +21,59 @@ pub struct Truth {
     pub input_tokens: u64,
     pub cost: Decimal,
     pub run_generations: u64,
+    /// Cache statistics (response and prompt cache together): lookups, hits, cost saved.
+    pub cache_lookups: u64,
+    pub cache_hits: u64,
+    pub cost_saved: Decimal,
+}
+
+/// Micro-dollars per token, as [`set_price`] sets them: input, output, cache read, cache write.
+const PRICES: [(i64, u32); 4] = [(3, 0), (15, 0), (3, 1), (375, 2)];
+
+fn price(index: usize) -> Decimal {
+    Decimal::new(PRICES[index].0, PRICES[index].1)
+}
+
+/// What one event adds to the cache statistics, worked out here from its fields: a response
+/// cache hit saves its whole call; a prompt-cache read saves the input price less the read
+/// price, a write costs the write price above the input price.
+pub fn cache_effect(event: &Value) -> (u64, u64, Decimal) {
+    let tokens = |name: &str| Decimal::from(event[name].as_i64().unwrap_or(0));
+    let (read, creation) = (tokens("cache_read_input_tokens"), tokens("cache_creation_input_tokens"));
+    let million = Decimal::from(1_000_000);
+    let prompt = if read.is_zero() && creation.is_zero() {
+        (0, 0, Decimal::ZERO)
+    } else {
+        (1, u64::from(!read.is_zero()), (read * (price(0) - price(2)) - creation * (price(3) - price(0))) / million)
+    };
+    match event["cache_status"].as_str().unwrap_or("none") {
+        "hit" | "semantic_hit" => (1, 1, (tokens("input_tokens") * price(0) + tokens("output_tokens") * price(1)) / million),
+        "miss" => (1 + prompt.0, prompt.1, prompt.2),
+        _ => prompt,
+    }
 }
 
 pub fn event(index: usize) -> (Value, Decimal) {
     let input = 100 + (index % 900) as i64;
     let output = 10 + (index % 300) as i64;
-    // testco/alpha: 3 per million input, 15 per million output (set by the test).
-    let cost = (Decimal::from(input) * Decimal::from(3) + Decimal::from(output) * Decimal::from(15)) / Decimal::from(1_000_000);
+    // A response cache (hits, semantic hits, misses) and the provider's prompt cache (reads on
+    // calls without a response cache, writes on response-cache misses).
+    let (cache_status, read, creation) = match index % 10 {
+        0 => ("hit", 0, 0),
+        1 => ("semantic_hit", 0, 0),
+        2 | 3 => ("miss", 0, input / 4),
+        4..=6 => ("none", input / 2, 0),
+        _ => ("none", 0, 0),
+    };
+    // testco/alpha at the prices of `set_price`, per million tokens: uncached input 3, output 15,
+    // cache reads 0.3, cache writes 3.75.
+    let cost = (Decimal::from(input - read - creation) * price(0) + Decimal::from(output) * price(1) + Decimal::from(read) * price(2)
+        + Decimal::from(creation) * price(3))
+        / Decimal::from(1_000_000);
     let mut value = json!({"type": "generation", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": format!("trace-{}", index / 4),
         "provider": "testco", "model": "alpha", "user_id": format!("u{}", index % 13), "start_time": START_MS + (index as i64 % 7_200_000),
-        "duration_ms": 120, "input_tokens": input, "output_tokens": output});
+        "duration_ms": 120, "input_tokens": input, "output_tokens": output, "cache_status": cache_status,
+        "cache_read_input_tokens": read, "cache_creation_input_tokens": creation});
     if index % 3 == 0 {
         value["agent_run_id"] = json!(format!("run-{}", index % 50));
     }
@@ -41,10 +84,10 @@ pub async fn set_price(env: &TestEnv) {
     let price = tally_processor::prices::ModelPrice {
         provider: "testco".into(),
         model_pattern: "alpha".into(),
-        input_per_mtok: Decimal::from(3),
-        output_per_mtok: Decimal::from(15),
-        cache_read_per_mtok: Decimal::from(3),
-        cache_creation_per_mtok: Decimal::from(3),
+        input_per_mtok: price(0),
+        output_per_mtok: price(1),
+        cache_read_per_mtok: price(2),
+        cache_creation_per_mtok: price(3),
         currency: "USD".into(),
         effective_from: time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(365 * 30),
     };
@@ -94,6 +137,10 @@ pub async fn send_paced(http: reqwest::Client, url: String, key: String, count: 
             truth.input_tokens += value["input_tokens"].as_u64().unwrap();
             truth.cost += cost;
             truth.run_generations += u64::from(value.get("agent_run_id").is_some());
+            let (lookups, hits, saved) = cache_effect(value);
+            truth.cache_lookups += lookups;
+            truth.cache_hits += hits;
+            truth.cost_saved += saved;
         }
         index += batch.len();
     }
@@ -105,6 +152,13 @@ struct StoredTotals {
     requests: u64,
     input_tokens: u64,
     cost: String,
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct StoredCache {
+    lookups: u64,
+    hits: u64,
+    cost_saved: String,
 }
 
 /// What the stores hold for project acme: rollup totals, raw rows, duplicate raw rows, run totals.
@@ -121,6 +175,11 @@ pub async fn stored(env: &TestEnv) -> Option<(Truth, u64, u64)> {
         .fetch_one()
         .await
         .ok()?;
+    let cache: StoredCache = clickhouse
+        .query("SELECT sum(lookups) AS lookups, sum(hits) + sum(semantic_hits) AS hits, toString(sum(cost_saved)) AS cost_saved FROM cache_stats_batches FINAL WHERE project_id = 'acme'")
+        .fetch_one()
+        .await
+        .ok()?;
     let run_generations: Option<i64> = sqlx::query_scalar("SELECT sum(generation_count)::bigint FROM agent_runs WHERE project_id = 'acme'")
         .fetch_one(&env.pool)
         .await
@@ -130,6 +189,9 @@ pub async fn stored(env: &TestEnv) -> Option<(Truth, u64, u64)> {
         input_tokens: totals.input_tokens,
         cost: Decimal::from_str(&totals.cost).unwrap_or_default(),
         run_generations: run_generations.unwrap_or_default() as u64,
+        cache_lookups: cache.lookups,
+        cache_hits: cache.hits,
+        cost_saved: Decimal::from_str(&cache.cost_saved).unwrap_or_default().normalize(),
     };
     Some((truth, raw, raw - distinct))
 }

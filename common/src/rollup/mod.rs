@@ -168,6 +168,12 @@ pub fn compacted_dimension_columns() -> String {
     Dimension::compacted_all().map(Dimension::column).collect::<Vec<_>>().join(", ")
 }
 
+/// The hour (epoch seconds, UTC) an event starting at `start_time_us` (epoch microseconds) is
+/// counted in: the `hour` of every hourly row.
+pub fn hour_of(start_time_us: i64) -> u32 {
+    (start_time_us.div_euclid(3_600_000_000) * 3_600) as u32
+}
+
 /// Decimal(38, 12) as ClickHouse stores it: the value times 10^12 as an i128.
 pub fn to_decimal128(value: Decimal) -> i128 {
     let mut scaled = value;

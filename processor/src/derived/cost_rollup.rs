@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use tally_common::rollup::{histogram, to_decimal128};
+use tally_common::rollup::{histogram, hour_of, to_decimal128};
 use tally_schemas::{CacheStatus, GenerationStatus};
 
 use super::{Batch, ClickHouseOutput, DerivedOutput};
@@ -120,7 +120,7 @@ impl DerivedOutput for CostRollup {
             let generation = priced.generation;
             let key = RollupKey {
                 project_id: &generation.project_id,
-                hour: (generation.start_time_us.div_euclid(3_600_000_000) * 3_600) as u32,
+                hour: hour_of(generation.start_time_us),
                 application: &generation.application,
                 environment: &generation.environment,
                 provider: &generation.provider,

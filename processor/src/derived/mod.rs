@@ -18,9 +18,12 @@
 //! - [`raw_events`]: the raw `generations` rows.
 //! - [`cost_rollup`]: the hourly cost rollup rows (`cost_rollup_batches`), whose columns are
 //!   defined in [`tally_common::rollup`].
+//! - [`cache_stats`]: the hourly cache-hit statistics (`cache_stats_batches`): lookups, hits,
+//!   tokens and cost saved, hit and miss latency, per response cache and prompt cache.
 //! - [`agent_runs`]: the agent run updates applied with the commit in Postgres.
 
 pub mod agent_runs;
+pub mod cache_stats;
 pub mod check;
 pub mod cost_rollup;
 pub mod raw_events;
@@ -30,7 +33,7 @@ use rust_decimal::Decimal;
 use tally_schemas::{AgentRun, Generation};
 
 pub use self::check::Rejected;
-use crate::prices::{CostSource, PriceTable};
+use crate::prices::{CostSource, ModelPrice, PriceTable};
 
 /// A counted generation that the stores can hold, with its cost.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +43,9 @@ pub struct Priced<'a> {
     /// `None` when unpriced (no client cost and no price for the model at the event's time).
     pub cost: Option<Decimal>,
     pub source: CostSource,
+    /// The price in force at the event's time (also for client-priced events), which values
+    /// what a cache saved; `None` when the table has no price for the model.
+    pub price: Option<&'a ModelPrice>,
 }
 
 /// The input of every output: the counted events of one partition's batch `[start, end)`, in
@@ -87,6 +93,7 @@ pub trait ClickHouseOutput: DerivedOutput<Rows = Vec<<Self as ClickHouseOutput>:
 pub struct BatchOutput {
     pub generations: Vec<raw_events::GenerationRow>,
     pub rollups: Vec<cost_rollup::RollupRow>,
+    pub cache_stats: Vec<cache_stats::CacheStatsRow>,
     pub runs: agent_runs::RunUpdates,
     pub priced: u64,
     pub unpriced: u64,
@@ -112,15 +119,16 @@ pub fn compute(
             output.rejected.push(Rejected { offset: *offset, reason });
             continue;
         }
-        let (cost, source) = prices.price(generation);
-        match source {
+        let pricing = prices.price(generation);
+        match pricing.source {
             CostSource::Unpriced => output.unpriced += 1,
             CostSource::Priced | CostSource::Client => output.priced += 1,
         }
-        batch.generations.push(Priced { offset: *offset, generation, cost, source });
+        batch.generations.push(Priced { offset: *offset, generation, cost: pricing.cost, source: pricing.source, price: pricing.price });
     }
     output.generations = raw_events::RawEvents::compute(&batch);
     output.rollups = cost_rollup::CostRollup::compute(&batch);
+    output.cache_stats = cache_stats::CacheStats::compute(&batch);
     output.runs = agent_runs::AgentRuns::compute(&batch);
     output
 }

@@ -17,6 +17,7 @@ use clickhouse::{RowOwned, RowWrite};
 use time::OffsetDateTime;
 
 use super::{ErrorKind, PartitionBatch, Sink, SinkError};
+use crate::derived::cache_stats::CacheStats;
 use crate::derived::cost_rollup::CostRollup;
 use crate::derived::raw_events::{GenerationRow, RawEvents};
 use crate::derived::{BatchOutput, ClickHouseOutput};
@@ -90,7 +91,8 @@ impl Sink {
     /// Inserts the rows of `outputs` into `tables`.
     pub(super) async fn insert_outputs(&self, outputs: &[&BatchOutput], tables: Tables) -> Result<(), SinkError> {
         self.insert_rows::<RawEvents>(outputs.iter().flat_map(|output| &output.generations).collect(), tables).await?;
-        self.insert_rows::<CostRollup>(outputs.iter().flat_map(|output| &output.rollups).collect(), tables).await
+        self.insert_rows::<CostRollup>(outputs.iter().flat_map(|output| &output.rollups).collect(), tables).await?;
+        self.insert_rows::<CacheStats>(outputs.iter().flat_map(|output| &output.cache_stats).collect(), tables).await
     }
 
     /// Inserts rows of the output `O` into its table in `tables`, in as few inserts as the
@@ -108,6 +110,7 @@ impl Sink {
     pub(super) async fn rewrite(&self, batch: &PartitionBatch<'_>, previous: &BatchOutput) -> Result<(), SinkError> {
         self.rewrite_rows::<RawEvents>(&previous.generations, &batch.output.generations).await?;
         self.rewrite_rows::<CostRollup>(&previous.rollups, &batch.output.rollups).await?;
+        self.rewrite_rows::<CacheStats>(&previous.cache_stats, &batch.output.cache_stats).await?;
         let kept: HashSet<&str> = batch.output.generations.iter().map(|row| row.event_id.as_str()).collect();
         let gone: Vec<&GenerationRow> = previous.generations.iter().filter(|row| !kept.contains(row.event_id.as_str())).collect();
         if !gone.is_empty() {

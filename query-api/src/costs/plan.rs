@@ -8,6 +8,7 @@ use tally_common::rollup::compaction::{self, Frontier};
 use tally_common::rollup::{BATCH_TABLE, COMPACT_DAILY_TABLE, COMPACT_HOURLY_TABLE, COMPACT_TOTALS_TABLE};
 
 use super::query::CostQuery;
+use crate::params::ceil_to;
 
 const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
@@ -68,8 +69,4 @@ pub fn plan(query: &CostQuery, frontier: Option<&Frontier>, nothing_newer: bool)
         branches.push(Branch::batches(from_h, to_h, Some(compaction::at_or_above(frontier))));
     }
     branches
-}
-
-fn ceil_to(seconds: i64, unit: i64) -> i64 {
-    seconds.div_euclid(unit) * unit + if seconds.rem_euclid(unit) == 0 { 0 } else { unit }
 }

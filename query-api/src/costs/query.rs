@@ -27,11 +27,17 @@ impl CostQuery {
     }
 }
 
-pub fn parse_query(params: &BTreeMap<String, String>, max_range_days: u32) -> Result<CostQuery, ApiError> {
+/// Parses the parameters; `extra` names parameters an endpoint reads itself (they are listed
+/// in the unknown-parameter error and must be removed from `params` first).
+pub fn parse_query(params: &BTreeMap<String, String>, max_range_days: u32, extra: &[&str]) -> Result<CostQuery, ApiError> {
     for name in params.keys() {
         let known = matches!(name.as_str(), "from" | "to" | "interval" | "group_by") || Dimension::parse(name).is_some();
         if !known {
-            return Err(ApiError::bad_parameter(name, format!("unknown parameter {name:?}; known: from, to, interval, group_by, {}", Dimension::names())));
+            let extra: String = extra.iter().map(|name| format!(", {name}")).collect();
+            return Err(ApiError::bad_parameter(
+                name,
+                format!("unknown parameter {name:?}; known: from, to, interval, group_by, {}{extra}", Dimension::names()),
+            ));
         }
     }
     let to = parse_optional_time("to", params.get("to"))?.unwrap_or_else(OffsetDateTime::now_utc);
@@ -80,14 +86,14 @@ mod tests {
             (vec![("to", "soon")], "to"),
         ];
         for (pairs, parameter) in cases {
-            let error = parse_query(&params(&pairs), 400).unwrap_err();
+            let error = parse_query(&params(&pairs), 400, &[]).unwrap_err();
             assert_eq!(error.parameter.as_deref(), Some(parameter), "{pairs:?}");
         }
     }
 
     #[test]
     fn group_by_and_filters() {
-        let query = parse_query(&params(&[("group_by", "model, application,model"), ("user_id", "u1"), ("interval", "day")]), 400).unwrap();
+        let query = parse_query(&params(&[("group_by", "model, application,model"), ("user_id", "u1"), ("interval", "day")]), 400, &[]).unwrap();
         assert_eq!(query.group_by, vec![Dimension::Model, Dimension::Application]);
         assert_eq!(query.filters, vec![(Dimension::UserId, "u1".to_string())]);
         assert_eq!(query.interval_seconds, 86_400);
