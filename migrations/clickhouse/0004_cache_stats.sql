@@ -8,9 +8,13 @@
 -- unpriced_hits counts hits whose model had no price: their saving is unknown, not zero.
 -- hit_/miss_latency_*: sparse histograms of durations, buckets as in the cost rollup
 -- (common/src/rollup/histogram.rs).
--- Ordered by project and hour first: the queries select a project's time range (there is no
--- compaction of these rows yet).
+-- Ordered by source batch first, as cost_rollup_batches (0002) is, so that "the rows written
+-- since a compaction frontier" is a primary-key range: the rollup compactor's frontier protocol
+-- can fold these rows the same way. Until it does, /v1/cache/stats reads the rows of the months
+-- in its range with FINAL (docs/performance.md has the cost).
 CREATE TABLE IF NOT EXISTS {db}.cache_stats_batches (
+    source_partition             Int32,
+    source_batch_start           Int64,
     project_id                   String,
     hour                         DateTime,
     application                  String,
@@ -18,8 +22,6 @@ CREATE TABLE IF NOT EXISTS {db}.cache_stats_batches (
     provider                     String,
     model                        String,
     cache_kind                   String,
-    source_partition             Int32,
-    source_batch_start           Int64,
     batch_end                    UInt64,
     lookups                      UInt64,
     hits                         UInt64,
@@ -36,7 +38,8 @@ CREATE TABLE IF NOT EXISTS {db}.cache_stats_batches (
     miss_latency_bucket_counts   Array(UInt64)
 ) ENGINE = ReplacingMergeTree(batch_end)
 PARTITION BY toYYYYMM(hour)
-ORDER BY (project_id, hour, application, environment, provider, model, cache_kind, source_partition, source_batch_start);
+ORDER BY (source_partition, source_batch_start, project_id, hour, application, environment, provider, model, cache_kind)
+SETTINGS index_granularity = 1024;
 
 -- Its probe table for isolation trials (see 0003).
 CREATE TABLE IF NOT EXISTS {db}.cache_stats_batches_probe AS {db}.cache_stats_batches ENGINE = Null;

@@ -6,8 +6,9 @@
 //! cache_stats.rs, which computes the rows.
 //!
 //! The rows are read from `cache_stats_batches` with `FINAL` (a replayed batch's rows replace
-//! its earlier ones). They are not compacted yet, so a long range reads about one row per
-//! (batch, hour, dimensions, kind); the range limit of `/v1/costs` applies.
+//! its earlier ones). They are not compacted yet, so a query reads every row of the months in
+//! its range, about one per (batch, hour, dimensions, kind); the range limit of `/v1/costs`
+//! applies. The table is ordered by source batch, so the rollup compactor can fold it.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

@@ -45,7 +45,8 @@ struct CacheKey<'a> {
     cache_kind: &'static str,
 }
 
-/// A row of ClickHouse `cache_stats_batches`, in its column order.
+/// A row of ClickHouse `cache_stats_batches` (inserted by column name; the startup schema check
+/// compares the fields with the table's columns).
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct CacheStatsRow {
     pub project_id: String,
@@ -293,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn the_row_has_the_tables_columns_in_order() {
+    fn the_row_has_the_tables_columns() {
         let columns = [
             "project_id", "hour", "application", "environment", "provider", "model", "cache_kind", "source_partition", "source_batch_start",
             "batch_end", "lookups", "hits", "semantic_hits", "misses", "cache_read_input_tokens", "cache_creation_input_tokens",
