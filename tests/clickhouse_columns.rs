@@ -8,6 +8,8 @@
 //!
 //! Only ClickHouse is needed: each test migrates a database of its own and drops it.
 
+mod support;
+
 use clickhouse::Row;
 use tally_common::schema_check::{self, SchemaError};
 use tally_common::{migrate, stores, Config};
@@ -151,17 +153,14 @@ async fn the_services_refuse_a_table_that_does_not_fit_and_start_while_clickhous
             "processor" => tokio::spawn(tally_processor::serve(config.clone(), listener, token.clone())),
             _ => tokio::spawn(tally_query_api::serve(config.clone(), listener, token.clone())),
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            assert!(!task.is_finished(), "{service} stopped while ClickHouse was down: {:?}", task.await);
-            if let Ok(response) = http.get(format!("http://{address}/health")).send().await {
-                assert_eq!(response.status(), 200, "{service} /health");
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{service} did not answer /health within 30 s");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let status = support::eventually(&format!("{service} to answer /health while ClickHouse is down"), std::time::Duration::from_secs(30), || async {
+            assert!(!task.is_finished(), "{service} stopped while ClickHouse was down");
+            http.get(format!("http://{address}/health")).send().await.ok().map(|response| response.status())
+        })
+        .await;
+        assert_eq!(status, 200, "{service} /health");
         token.cancel();
+        task.abort();
     }
 }
 

@@ -29,10 +29,22 @@ pub struct TestEnv {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
+{
+    eventually_explained(what, timeout, check, || async { String::new() }).await
+}
+
+/// As [`eventually`]; on a timeout the panic also prints what `explain` finds (the state that
+/// was waited on), so that a failure in CI says more than that it timed out.
+pub async fn eventually_explained<T, F, Fut, E, EFut>(what: &str, timeout: Duration, mut check: F, explain: E) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+    E: FnOnce() -> EFut,
+    EFut: Future<Output = String>,
 {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(50);
@@ -40,7 +52,11 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            let explanation = explain().await;
+            let separator = if explanation.is_empty() { "" } else { "\n" };
+            panic!("timed out after {timeout:?} waiting for {what}{separator}{explanation}");
+        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
     }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tally_common::rollup::compaction;
 use tally_common::stores;
 
-use super::{eventually, TestEnv};
+use super::{eventually, eventually_explained, TestEnv};
 
 pub const START_MS: i64 = 1_793_527_200_000; // 2026-11-01T10:00:00Z
 
@@ -280,18 +280,16 @@ pub async fn compacted_view(env: &TestEnv) -> Option<(u64, u64, Decimal)> {
 /// Waits until the stores hold exactly the truth, then checks there is no duplicate raw row and
 /// that the compacted rollups (what `/v1/costs` reads) agree, including after a compaction.
 pub async fn assert_exact(env: &TestEnv, truth: &Truth) {
-    let waited = std::time::Instant::now();
-    let (stored_truth, raw, duplicates) = loop {
-        if let Some(state) = stored(env).await {
-            if state.0.requests >= truth.requests && state.0.run_generations >= truth.run_generations {
-                break state;
-            }
-        }
-        if waited.elapsed() > Duration::from_secs(120) {
-            panic!("timed out after 120 s waiting for the stores to hold every acknowledged event\n{}", diagnose(env, truth).await);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (stored_truth, raw, duplicates) = eventually_explained(
+        "stores to hold every acknowledged event",
+        Duration::from_secs(120),
+        || async {
+            let state = stored(env).await?;
+            (state.0.requests >= truth.requests && state.0.run_generations >= truth.run_generations).then_some(state)
+        },
+        || diagnose(env, truth),
+    )
+    .await;
     assert_eq!(&stored_truth, truth, "rollup and run totals equal the acknowledged events");
     assert_eq!((raw, duplicates), (truth.requests, 0), "one raw row per event");
     let first = eventually("a finished compaction", Duration::from_secs(60), || compacted_view(env)).await;
