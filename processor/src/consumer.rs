@@ -145,16 +145,15 @@ pub async fn run(
     let sink = Arc::new(sink);
     let mut lanes: Vec<Lane> = (0..config.processor.write_lanes.max(1)).map(|_| Lane::default()).collect();
     let (written_sender, mut written) = tokio::sync::mpsc::unbounded_channel::<Written>();
+    let mut next_reseek = Instant::now() + RESEEK_EVERY;
 
     loop {
         // Bounded memory: a lane whose buffer is full while its write is in flight (a store is
         // slow or down) stops consumption until that write returns.
         let full = lanes.iter().any(|lane| lane.busy && lane.buffered >= max_events);
-        let deadline = lanes.iter().filter(|lane| !lane.busy).filter_map(|lane| lane.oldest).min().map(|at| at + max_wait);
-        let deadline = match lanes.iter().any(|lane| !lane.reseek.is_empty()) {
-            true => Some(deadline.map_or(Instant::now() + RESEEK_EVERY, |at| at.min(Instant::now() + RESEEK_EVERY))),
-            false => deadline,
-        };
+        let batch_due = lanes.iter().filter(|lane| !lane.busy).filter_map(|lane| lane.oldest).min().map(|at| at + max_wait);
+        let reseek_due = lanes.iter().any(|lane| !lane.reseek.is_empty()).then_some(next_reseek);
+        let deadline = batch_due.into_iter().chain(reseek_due).min();
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(done) = written.recv() => {
@@ -181,8 +180,13 @@ pub async fn run(
                 }
             }
         }
-        for lane in &mut lanes {
-            lane.reseek.retain(|partition, expected| !seek_back(&consumer, &topic, *partition, *expected));
+        // Failed seeks are retried once a second, not on every message (a seek blocks the loop
+        // for up to its timeout).
+        if Instant::now() >= next_reseek {
+            for lane in &mut lanes {
+                lane.reseek.retain(|partition, expected| !seek_back(&consumer, &topic, *partition, *expected));
+            }
+            next_reseek = Instant::now() + RESEEK_EVERY;
         }
         if let Some(message) = received {
             match message {
