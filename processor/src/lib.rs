@@ -17,9 +17,10 @@
 //! - [`schema`]: the startup check that every row struct it inserts fits its ClickHouse table
 //!   (a mismatch stops the service before anything is consumed).
 //! - this file: the service built like ingest and the query API: [`build`] (the state, no
-//!   network I/O), [`router`] (`/health`, `/ready`, `/metrics`) and [`serve`], which runs the
-//!   endpoints, checks the ClickHouse schema, loads the prices before the first batch, starts the price refresher and the
-//!   compaction task, then runs the consumer loop until shutdown.
+//!   network I/O), [`router`] (`/health`, `/ready`, `/metrics`) and [`serve`], which checks
+//!   the ClickHouse schema, runs the endpoints, loads the prices before the first batch,
+//!   starts the price refresher and the compaction task, then runs the consumer loop until
+//!   shutdown.
 
 pub mod compaction;
 pub mod consumer;

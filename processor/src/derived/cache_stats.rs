@@ -34,7 +34,7 @@ use crate::prices::ModelPrice;
 pub const RESPONSE: &str = "response";
 pub const PROMPT: &str = "prompt";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct CacheKey<'a> {
     project_id: &'a str,
     hour: u32,
@@ -42,12 +42,12 @@ struct CacheKey<'a> {
     environment: &'a str,
     provider: &'a str,
     model: &'a str,
-    cache_kind: &'static str,
+    cache_kind: &'a str,
 }
 
 /// A row of ClickHouse `cache_stats_batches` (inserted by column name; the startup schema check
 /// compares the fields with the table's columns).
-#[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct CacheStatsRow {
     pub project_id: String,
     pub hour: u32,
@@ -76,10 +76,19 @@ pub struct CacheStatsRow {
 }
 
 impl CacheStatsRow {
-    fn key(&self) -> (&str, u32, &str, &str, &str, &str, &str) {
-        (&self.project_id, self.hour, &self.application, &self.environment, &self.provider, &self.model, &self.cache_kind)
+    fn key(&self) -> CacheKey<'_> {
+        CacheKey {
+            project_id: &self.project_id,
+            hour: self.hour,
+            application: &self.application,
+            environment: &self.environment,
+            provider: &self.provider,
+            model: &self.model,
+            cache_kind: &self.cache_kind,
+        }
     }
 
+    /// The row of `key` in the batch `[batch_start, batch_end)` of `partition`, every metric zero.
     fn empty(key: CacheKey<'_>, partition: i32, batch_start: i64, batch_end: u64) -> CacheStatsRow {
         CacheStatsRow {
             project_id: key.project_id.to_owned(),
@@ -92,40 +101,13 @@ impl CacheStatsRow {
             source_partition: partition,
             source_batch_start: batch_start,
             batch_end,
-            lookups: 0,
-            hits: 0,
-            semantic_hits: 0,
-            misses: 0,
-            cache_read_input_tokens: 0,
-            cache_creation_input_tokens: 0,
-            tokens_saved: 0,
-            cost_saved: 0,
-            unpriced_hits: 0,
-            hit_latency_bucket_ids: Vec::new(),
-            hit_latency_bucket_counts: Vec::new(),
-            miss_latency_bucket_ids: Vec::new(),
-            miss_latency_bucket_counts: Vec::new(),
+            ..CacheStatsRow::default()
         }
     }
 
     /// The same row with every metric zero: written over a row whose only events were refused.
     pub fn zeroed(&self) -> CacheStatsRow {
-        let mut row = self.clone();
-        row.lookups = 0;
-        row.hits = 0;
-        row.semantic_hits = 0;
-        row.misses = 0;
-        row.cache_read_input_tokens = 0;
-        row.cache_creation_input_tokens = 0;
-        row.tokens_saved = 0;
-        row.cost_saved = 0;
-        row.unpriced_hits = 0;
-        for list in [&mut row.hit_latency_bucket_counts, &mut row.miss_latency_bucket_counts] {
-            list.clear();
-        }
-        row.hit_latency_bucket_ids.clear();
-        row.miss_latency_bucket_ids.clear();
-        row
+        CacheStatsRow::empty(self.key(), self.source_partition, self.source_batch_start, self.batch_end)
     }
 
     /// A generation that consulted the response cache.
