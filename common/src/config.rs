@@ -147,6 +147,9 @@ pub struct KafkaConfig {
     pub queue_max_messages: u32,
     /// Producer compression (`lz4`, `zstd`, `gzip`, `snappy`, `none`).
     pub compression: KafkaCompression,
+    /// librdkafka's `debug` contexts for every Kafka client (for example `cgrp,fetch,topic`);
+    /// empty for none. Its lines go to the log at debug level under the `librdkafka` target.
+    pub debug: String,
 }
 
 config_enum! {
@@ -173,6 +176,7 @@ impl Default for KafkaConfig {
             message_timeout_ms: 30_000,
             queue_max_messages: 500_000,
             compression: KafkaCompression::Lz4,
+            debug: String::new(),
         }
     }
 }

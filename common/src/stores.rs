@@ -74,6 +74,9 @@ pub fn kafka_base(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     // TCP_NODELAY: a produce request's last segment must not wait for the broker's delayed ACK.
     client.set("bootstrap.servers", &config.brokers).set("client.id", "tally").set("socket.nagle.disable", "true");
+    if !config.debug.is_empty() {
+        client.set("debug", &config.debug);
+    }
     client
 }
 

@@ -16,6 +16,7 @@ use tally_common::config::Config;
 use tally_common::shutdown::CancellationToken;
 use tally_common::stores;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::metrics::ProcessorMetrics;
@@ -129,6 +130,10 @@ struct Written {
 /// shutdown comes are finished (or, while a store is down, abandoned); messages buffered but
 /// not yet written are dropped, which is safe: their offsets were not stored, so the
 /// partition's next owner reads them again.
+///
+/// A write task that panics ends the loop with an error (the process exits and its restart
+/// re-reads from the stored offsets): its lane would otherwise stay busy forever, and once
+/// that lane's buffer is full the whole consumer stops without a word.
 pub async fn run(
     config: Config,
     consumer: StreamConsumer<GroupContext>,
@@ -136,7 +141,7 @@ pub async fn run(
     sink: Sink,
     prices: watch::Receiver<Arc<PriceTable>>,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let max_events = config.processor.batch_max_events;
     let max_wait = Duration::from_millis(config.processor.batch_max_wait_ms);
     let max_backoff = Duration::from_millis(config.processor.max_retry_backoff_ms);
@@ -144,7 +149,7 @@ pub async fn run(
     let consumer = Arc::new(consumer);
     let sink = Arc::new(sink);
     let mut lanes: Vec<Lane> = (0..config.processor.write_lanes.max(1)).map(|_| Lane::default()).collect();
-    let (written_sender, mut written) = tokio::sync::mpsc::unbounded_channel::<Written>();
+    let mut writes: JoinSet<Written> = JoinSet::new();
     let mut next_reseek = Instant::now() + RESEEK_EVERY;
 
     loop {
@@ -156,7 +161,8 @@ pub async fn run(
         let deadline = batch_due.into_iter().chain(reseek_due).min();
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(done) = written.recv() => {
+            Some(joined) = writes.join_next() => {
+                let done = written(joined)?;
                 settle(&mut lanes[done.lane], done, &consumer, &topic);
                 None
             }
@@ -220,26 +226,31 @@ pub async fn run(
             let mut buffers = std::mem::take(&mut lane.buffers);
             let accept_gap_below = std::mem::take(&mut lane.accept_gap_below);
             lane.recount();
-            let (sink, consumer, topic, shutdown, sender) = (sink.clone(), consumer.clone(), topic.clone(), shutdown.clone(), written_sender.clone());
+            let (sink, consumer, topic, shutdown) = (sink.clone(), consumer.clone(), topic.clone(), shutdown.clone());
             let table = prices.borrow().clone();
-            tokio::spawn(async move {
+            writes.spawn(async move {
                 let gaps = write_with_retry(&sink, &mut buffers, &table, &consumer, &topic, max_backoff, &shutdown, &accept_gap_below).await;
-                let _ = sender.send(Written { lane: index, kept: buffers, gaps });
+                Written { lane: index, kept: buffers, gaps }
             });
         }
     }
     // Let writes in flight finish (they give up on their own while a store is down at shutdown).
-    drop(written_sender);
-    while lanes.iter().any(|lane| lane.busy) {
-        match written.recv().await {
-            Some(done) => lanes[done.lane].busy = false,
-            None => break,
-        }
+    while let Some(joined) = writes.join_next().await {
+        written(joined)?;
     }
     if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         tracing::debug!(%error, "final offset commit");
     }
     tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// A finished write task's result; a panic in it is the loop's error.
+fn written(joined: Result<Written, tokio::task::JoinError>) -> anyhow::Result<Written> {
+    joined.map_err(|error| {
+        tracing::error!(%error, "a batch write task failed; stopping the consumer");
+        anyhow::anyhow!("a batch write task failed: {error}")
+    })
 }
 
 /// Takes a finished write back into its lane: deferred messages go in front of what was

@@ -107,8 +107,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
 
     let (consumer, revoked) = consumer::create_consumer(&config, state.metrics.clone())?;
     let sink = new_sink(&config, &state)?;
-    consumer::run(config, consumer, revoked, sink, price_receiver, shutdown).await;
+    let consumed = consumer::run(config, consumer, revoked, sink, price_receiver, shutdown.clone()).await;
+    // A failed loop stops the rest too (HTTP, prices, compaction), so the process exits.
+    shutdown.cancel();
     let _ = http.await;
+    consumed?;
     tracing::info!("processor stopped");
     Ok(())
 }
