@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: PricesCommand,
     },
+    /// Manage rate limits per subject (user, application, API key) or per subject kind.
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+    },
     /// Inspect and replay the dead-letter topic.
     Dlq {
         #[command(subcommand)]
@@ -132,6 +137,51 @@ enum PricesCommand {
 }
 
 #[derive(Subcommand)]
+enum LimitsCommand {
+    /// Set a limit, effective now or from --effective-from (its earlier values stay in the
+    /// history that closed windows are judged by).
+    Set {
+        #[arg(long)]
+        project: String,
+        /// user, application or api_key.
+        #[arg(long)]
+        kind: String,
+        /// The subject; omit it to set the default for every subject of the kind.
+        #[arg(long)]
+        subject: Option<String>,
+        /// requests_per_minute, tokens_per_minute, tokens_per_day or cost_per_day.
+        #[arg(long)]
+        metric: String,
+        /// A whole number for requests and tokens, USD (exact decimal) for cost.
+        #[arg(long)]
+        value: String,
+        /// RFC 3339 time from which the limit applies (default: now).
+        #[arg(long)]
+        effective_from: Option<String>,
+    },
+    /// List the limits in force now (or at --at).
+    List {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// End a limit now.
+    Delete {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        metric: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     /// List dead-lettered messages with their reasons.
     List {
@@ -171,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             Command::Migrate => run_migrate(&config).await,
             Command::Keys { command } => run_keys(&config, command).await,
             Command::Prices { command } => run_prices(&config, command).await,
+            Command::Limits { command } => run_limits(&config, command).await,
             Command::Dlq { command } => run_dlq(&config, command).await,
             Command::Config => {
                 println!("{config:#?}");
@@ -197,6 +248,44 @@ async fn run_migrate(config: &Config) -> anyhow::Result<()> {
         if report.topics_created.is_empty() { "topics exist".to_string() } else { format!("created {}", report.topics_created.join(", ")) }
     );
     println!("prices:     {seeded} default prices added ({} in the shipped list)", defaults.len());
+    Ok(())
+}
+
+fn parse_rfc3339(option: &str, text: Option<String>) -> anyhow::Result<Option<time::OffsetDateTime>> {
+    text.map(|text| time::OffsetDateTime::parse(&text, &Rfc3339).with_context(|| format!("{option} {text:?} is not an RFC 3339 time"))).transpose()
+}
+
+async fn run_limits(config: &Config, command: LimitsCommand) -> anyhow::Result<()> {
+    use tally_common::subject_limits::{self, LimitKey};
+    let pool = stores::postgres_pool(&config.postgres)?;
+    let subject_name = |subject: &str| if subject.is_empty() { "(default)".to_owned() } else { subject.to_owned() };
+    match command {
+        LimitsCommand::Set { project, kind, subject, metric, value, effective_from } => {
+            let key = LimitKey::new(kind.parse()?, subject.as_deref(), metric.parse()?)?;
+            let value: rust_decimal::Decimal = value.parse().with_context(|| format!("--value {value:?} is not a decimal number"))?;
+            let limit = subject_limits::set_limit(&pool, &project, &key, value, parse_rfc3339("--effective-from", effective_from)?).await?;
+            println!("{} {} {} = {} from {}", limit.subject_kind.0, subject_name(&limit.subject), limit.metric.0, limit.value, limit.effective_from.format(&Rfc3339)?);
+        }
+        LimitsCommand::List { project, kind, at } => {
+            let kind = kind.map(|kind| kind.parse()).transpose()?;
+            println!("{:<12}  {:<32}  {:<20}  {:>20}  effective from", "kind", "subject", "metric", "value");
+            for limit in subject_limits::limits_at(&pool, &project, kind, None, parse_rfc3339("--at", at)?).await? {
+                println!(
+                    "{:<12}  {:<32}  {:<20}  {:>20}  {}",
+                    limit.subject_kind.0,
+                    subject_name(&limit.subject),
+                    limit.metric.0,
+                    limit.value.to_string(),
+                    limit.effective_from.format(&Rfc3339)?
+                );
+            }
+        }
+        LimitsCommand::Delete { project, kind, subject, metric } => {
+            let key = LimitKey::new(kind.parse()?, subject.as_deref(), metric.parse()?)?;
+            subject_limits::delete_limit(&pool, &project, &key).await?;
+            println!("deleted {} {} {}", key.kind, subject_name(&key.subject), key.metric);
+        }
+    }
     Ok(())
 }
 

@@ -26,6 +26,7 @@ pub mod rollup;
 pub mod schema_check;
 pub mod shutdown;
 pub mod stores;
+pub mod subject_limits;
 pub mod telemetry;
 
 pub use config::Config;

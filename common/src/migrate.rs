@@ -36,8 +36,12 @@ macro_rules! migration {
 }
 
 /// Postgres migrations, in order. Add new files here.
-pub const POSTGRES: &[MigrationFile] =
-    &[migration!("postgres", "0001_init.sql"), migration!("postgres", "0002_event_keys.sql"), migration!("postgres", "0003_key_scopes.sql")];
+pub const POSTGRES: &[MigrationFile] = &[
+    migration!("postgres", "0001_init.sql"),
+    migration!("postgres", "0002_event_keys.sql"),
+    migration!("postgres", "0003_key_scopes.sql"),
+    migration!("postgres", "0004_subject_limits.sql"),
+];
 
 /// ClickHouse migrations, in order. `{db}` is replaced by the configured database name.
 pub const CLICKHOUSE: &[MigrationFile] = &[

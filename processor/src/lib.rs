@@ -105,9 +105,9 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         tokio::spawn(compaction::run(compactor, every, state.metrics.clone(), shutdown.clone()));
     }
 
-    let (consumer, revoked) = consumer::create_consumer(&config, state.metrics.clone())?;
+    let group = consumer::create_consumer(&config, state.metrics.clone())?;
     let sink = new_sink(&config, &state)?;
-    let consumed = consumer::run(config, consumer, revoked, sink, price_receiver, shutdown.clone()).await;
+    let consumed = consumer::run(config, group, sink, price_receiver, shutdown.clone()).await;
     // A failed loop stops the rest too (HTTP, prices, compaction), so the process exits.
     shutdown.cancel();
     let _ = http.await;

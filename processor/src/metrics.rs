@@ -25,6 +25,8 @@ pub struct ProcessorMetrics {
     pub offset_gaps: IntCounter,
     /// Consumer lag per partition, from librdkafka statistics.
     pub consumer_lag: IntGaugeVec,
+    /// Kafka consumers replaced because their group had no coordinator for too long.
+    pub consumer_replacements: IntCounter,
     /// Rollup compaction runs by outcome (compacted, up_to_date, busy, failed).
     pub compactions: IntCounterVec,
     pub compaction_seconds: Histogram,
@@ -61,6 +63,10 @@ impl ProcessorMetrics {
             lost_ownership: IntCounter::new("tally_processor_lost_ownership_total", "Batches dropped because another worker applied them")?,
             offset_gaps: IntCounter::new("tally_processor_offset_gaps_total", "Partitions whose next message was beyond the applied offset")?,
             consumer_lag: IntGaugeVec::new(Opts::new("tally_processor_consumer_lag", "Consumer lag in messages, by partition"), &["partition"])?,
+            consumer_replacements: IntCounter::new(
+                "tally_processor_consumer_replacements_total",
+                "Kafka consumers replaced because their group found no coordinator for too long",
+            )?,
             compactions: IntCounterVec::new(Opts::new("tally_processor_compactions_total", "Rollup compaction runs, by outcome"), &["outcome"])?,
             compaction_seconds: Histogram::with_opts(
                 HistogramOpts::new("tally_processor_compaction_seconds", "Time of a rollup compaction run that compacted something")
@@ -79,6 +85,7 @@ impl ProcessorMetrics {
         registry.register(Box::new(metrics.lost_ownership.clone()))?;
         registry.register(Box::new(metrics.offset_gaps.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(metrics.consumer_replacements.clone()))?;
         registry.register(Box::new(metrics.compactions.clone()))?;
         registry.register(Box::new(metrics.compaction_seconds.clone()))?;
         Ok(metrics)

@@ -5,6 +5,8 @@
 //! - [`costs`]: `GET /v1/costs`.
 //! - [`cache`]: `GET /v1/cache/stats`, the cache-hit statistics.
 //! - [`runs`]: `GET /v1/agent/runs` and `GET /v1/agent/runs/{run_id}`.
+//! - [`subject_limits`]: `PUT/GET/DELETE /v1/limits`, the rate limits per subject (changes need
+//!   the `admin` scope).
 //! - [`limits`]: what one query may cost (execution time, answer size, per-project concurrency).
 //! - [`params`]: parsing of times, limits and cursors, with errors naming the parameter.
 //! - [`schema`]: the startup check that the ClickHouse tables have the columns it reads.
@@ -19,6 +21,7 @@ pub mod limits;
 pub mod params;
 pub mod runs;
 pub mod schema;
+pub mod subject_limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +88,7 @@ pub fn router(state: Arc<QueryState>) -> anyhow::Result<Router> {
     Ok(Router::new()
         .route("/v1/costs", get(costs::costs))
         .route("/v1/cache/stats", get(cache::cache_stats))
+        .route("/v1/limits", get(subject_limits::list_limits).put(subject_limits::set_limit).delete(subject_limits::delete_limit))
         .route("/v1/agent/runs", get(runs::list_runs))
         .route("/v1/agent/runs/{run_id}", get(runs::get_run))
         .route("/ready", get(|State(state): State<Arc<QueryState>>| async move { state.readiness.check().await }))
