@@ -203,7 +203,14 @@ pub async fn set_limit(pool: &PgPool, project: &str, key: &LimitKey, value: Deci
     .bind(value)
     .bind(effective_from)
     .fetch_one(pool)
-    .await?)
+    .await
+    .map(normalized)?)
+}
+
+/// Postgres gives `numeric(38, 12)` with all 12 decimals; limits read as they were set.
+fn normalized(mut limit: Limit) -> Limit {
+    limit.value = limit.value.normalize();
+    limit
 }
 
 /// Ends `key`'s limit now; [`LimitError::NotFound`] when none is in force. Its history stays.
@@ -253,7 +260,10 @@ pub async fn limits_at(
     .bind(subject)
     .bind(at)
     .fetch_all(pool)
-    .await?)
+    .await?
+    .into_iter()
+    .map(normalized)
+    .collect())
 }
 
 /// The limits that apply to one subject at `at`: per metric its own limit, else its kind's
