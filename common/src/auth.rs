@@ -68,18 +68,25 @@ impl<S: ProjectKeys> FromRequestParts<S> for Project {
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
-        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(address)| address.ip());
-        let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let span = tracing::info_span!("authenticate", scope = %S::SCOPE);
-        let outcome = async {
-            let principal = state.authenticator().authenticate_from(client, authorization).await?;
-            principal.require(S::SCOPE)?;
-            Ok::<_, AuthError>(Project(principal))
-        }
-        .instrument(span)
-        .await;
-        outcome.inspect_err(|error| state.refused(error))
+        authenticate(parts, state, S::SCOPE).await.map(Project)
     }
+}
+
+/// The principal of the request's key, which must hold `scope`; refusals are reported to the
+/// service. [`Project`] calls it with the service's scope; an endpoint that needs another
+/// scope (the query API's admin endpoints) calls it with that one.
+pub async fn authenticate<S: ProjectKeys>(parts: &Parts, state: &S, scope: Scope) -> Result<Principal, AuthError> {
+    let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(address)| address.ip());
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let span = tracing::info_span!("authenticate", scope = %scope);
+    let outcome = async {
+        let principal = state.authenticator().authenticate_from(client, authorization).await?;
+        principal.require(scope)?;
+        Ok::<_, AuthError>(principal)
+    }
+    .instrument(span)
+    .await;
+    outcome.inspect_err(|error| state.refused(error))
 }
 
 /// A refused key answers as [`ApiError`] renders it (401/403/429/503, see there).

@@ -3,17 +3,15 @@
 //! A limit is for one subject (`subject` given) or the default of its kind (`subject` omitted).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
-use axum::http::header;
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::Json;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_common::api_error::ApiError;
-use tally_common::auth::ProjectKeys;
+use tally_common::auth;
 use tally_common::keys::Scope;
 use tally_common::subject_limits::{self, Limit, LimitError, LimitKey, Metric, SubjectKind};
 use time::OffsetDateTime;
@@ -30,18 +28,8 @@ impl FromRequestParts<Arc<QueryState>> for AdminAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<QueryState>) -> Result<Self, ApiError> {
-        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(address)| address.ip());
-        let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let outcome = async {
-            let principal = state.authenticator.authenticate_from(client, authorization).await?;
-            principal.require(Scope::Admin)?;
-            Ok(principal.project)
-        }
-        .await;
-        outcome.map(|project| AdminAccess { project }).map_err(|error| {
-            state.refused(&error);
-            ApiError::from(error)
-        })
+        let principal = auth::authenticate(parts, state.as_ref(), Scope::Admin).await?;
+        Ok(AdminAccess { project: principal.project })
     }
 }
 
