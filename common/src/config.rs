@@ -234,11 +234,14 @@ impl Default for PostgresConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     pub url: Secret,
+    /// The start of every key Tally writes (the live rate-limit windows), so that several
+    /// installations (or tests) can share one Redis.
+    pub key_prefix: String,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: Secret::new("redis://127.0.0.1:16379/") }
+        Self { url: Secret::new("redis://127.0.0.1:16379/"), key_prefix: "tally".into() }
     }
 }
 
@@ -333,6 +336,9 @@ pub struct ProcessorConfig {
     /// again and again with new keys stops gaining keys there (existing keys still update)
     /// instead of growing toward Postgres' jsonb limit.
     pub max_run_metadata_bytes: usize,
+    /// How often partitions whose live rate-limit windows in Redis lag their committed offset
+    /// (idle since a Redis restart or outage) are rebuilt from ClickHouse.
+    pub live_window_reconcile_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -347,6 +353,7 @@ impl Default for ProcessorConfig {
             write_lanes: 2,
             max_partitions_per_insert: 50,
             max_run_metadata_bytes: 65_536,
+            live_window_reconcile_ms: 5_000,
         }
     }
 }
@@ -491,6 +498,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "ingest.max_concurrent_requests, ingest.body_read_timeout_ms and ingest.quota_burst_secs must be at least 1".into(),
             ));
+        }
+        if self.processor.live_window_reconcile_ms == 0 {
+            return Err(ConfigError::Invalid("processor.live_window_reconcile_ms must be at least 1".into()));
         }
         if self.processor.price_refresh_secs == 0 {
             return Err(ConfigError::Invalid("processor.price_refresh_secs must be at least 1".into()));

@@ -13,6 +13,9 @@
 //!   compaction markers, what is committed), shared by the processor and the query API.
 //! - [`api_error`]: the JSON error every HTTP endpoint answers with.
 //! - [`health`]: `/health` and `/ready` handlers shared by the services.
+//! - [`subject_limits`]: the rate limits per subject in Postgres, with their history.
+//! - [`live_windows`]: the layout of the live rate-limit windows in Redis (processor writes,
+//!   query API reads).
 //! - [`rate_limit`]: token buckets per key (ingest quotas, failed authentications per address).
 
 pub mod api_error;
@@ -20,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod health;
 pub mod keys;
+pub mod live_windows;
 pub mod migrate;
 pub mod rate_limit;
 pub mod rollup;

@@ -49,6 +49,7 @@ pub const CLICKHOUSE: &[MigrationFile] = &[
     migration!("clickhouse", "0002_rollup_compaction.sql"),
     migration!("clickhouse", "0003_probe_tables.sql"),
     migration!("clickhouse", "0004_cache_stats.sql"),
+    migration!("clickhouse", "0005_rate_windows.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -282,9 +282,96 @@ pub async fn effective_for(pool: &PgPool, project: &str, kind: SubjectKind, subj
     Ok(applied)
 }
 
+/// Every limit a project ever had, to tell the limit in force at any time: the live windows
+/// (now) and closed windows (their start) are judged with it.
+#[derive(Debug, Clone, Default)]
+pub struct LimitHistory {
+    /// Per (kind, subject, metric), `(effective_from, value)` in order; `None` ends a limit.
+    changes: std::collections::HashMap<(SubjectKind, String, Metric), Vec<(OffsetDateTime, Option<Decimal>)>>,
+}
+
+/// The limit that applies to a subject at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InForce {
+    pub value: Decimal,
+    /// The kind's project-wide default, not the subject's own limit.
+    pub default: bool,
+}
+
+impl LimitHistory {
+    /// The whole history of `project`'s limits.
+    pub async fn load(pool: &PgPool, project: &str) -> Result<LimitHistory, LimitError> {
+        let rows: Vec<(String, String, String, Option<Decimal>, OffsetDateTime)> = sqlx::query_as(
+            "SELECT subject_kind, subject, metric, value, effective_from FROM subject_limits
+             WHERE project_id = $1 ORDER BY effective_from, id",
+        )
+        .bind(project)
+        .fetch_all(pool)
+        .await?;
+        let mut history = LimitHistory::default();
+        for (kind, subject, metric, value, effective_from) in rows {
+            // The table's CHECKs keep kinds and metrics known; a row that is not is skipped.
+            let (Ok(kind), Ok(metric)) = (kind.parse::<SubjectKind>(), metric.parse::<Metric>()) else { continue };
+            history.push(kind, &subject, metric, effective_from, value);
+        }
+        Ok(history)
+    }
+
+    /// Records a change (in effective order).
+    pub fn push(&mut self, kind: SubjectKind, subject: &str, metric: Metric, effective_from: OffsetDateTime, value: Option<Decimal>) {
+        self.changes.entry((kind, subject.to_owned(), metric)).or_default().push((effective_from, value.map(|value| value.normalize())));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    fn value_at(&self, kind: SubjectKind, subject: &str, metric: Metric, at: OffsetDateTime) -> Option<Decimal> {
+        let changes = self.changes.get(&(kind, subject.to_owned(), metric))?;
+        let index = changes.partition_point(|(from, _)| *from <= at);
+        changes[..index].last().and_then(|(_, value)| *value)
+    }
+
+    /// The limit on `metric` for a subject at `at`: its own, else its kind's default.
+    pub fn in_force(&self, kind: SubjectKind, subject: &str, metric: Metric, at: OffsetDateTime) -> Option<InForce> {
+        if let Some(value) = self.value_at(kind, subject, metric, at).filter(|_| !subject.is_empty()) {
+            return Some(InForce { value, default: false });
+        }
+        self.value_at(kind, "", metric, at).map(|value| InForce { value, default: true })
+    }
+
+    /// The smallest value `metric` of `kind` ever had (own or default): windows at or below it
+    /// cannot have exceeded anything.
+    pub fn smallest(&self, kind: SubjectKind, metric: Metric) -> Option<Decimal> {
+        self.changes
+            .iter()
+            .filter(|((k, _, m), _)| *k == kind && *m == metric)
+            .flat_map(|(_, changes)| changes.iter().filter_map(|(_, value)| *value))
+            .min()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_in_force_is_the_subjects_own_else_the_default_at_that_time() {
+        let at = |seconds: i64| OffsetDateTime::from_unix_timestamp(seconds).unwrap();
+        let mut history = LimitHistory::default();
+        let rpm = Metric::RequestsPerMinute;
+        history.push(SubjectKind::User, "", rpm, at(100), Some(Decimal::from(10)));
+        history.push(SubjectKind::User, "alice", rpm, at(200), Some(Decimal::from(50)));
+        history.push(SubjectKind::User, "alice", rpm, at(300), None);
+        assert_eq!(history.in_force(SubjectKind::User, "alice", rpm, at(99)), None);
+        assert_eq!(history.in_force(SubjectKind::User, "alice", rpm, at(150)), Some(InForce { value: Decimal::from(10), default: true }));
+        assert_eq!(history.in_force(SubjectKind::User, "alice", rpm, at(200)), Some(InForce { value: Decimal::from(50), default: false }));
+        // Her own limit was deleted: the default applies again.
+        assert_eq!(history.in_force(SubjectKind::User, "alice", rpm, at(301)), Some(InForce { value: Decimal::from(10), default: true }));
+        assert_eq!(history.in_force(SubjectKind::Application, "alice", rpm, at(301)), None);
+        assert_eq!(history.smallest(SubjectKind::User, rpm), Some(Decimal::from(10)));
+        assert_eq!(history.smallest(SubjectKind::User, Metric::CostPerDay), None);
+    }
 
     #[test]
     fn names_round_trip_and_unknown_ones_say_what_is_known() {

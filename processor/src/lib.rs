@@ -8,6 +8,7 @@
 //! - [`sink`]: the exactly-once write protocol over Postgres, ClickHouse and the DLQ topic,
 //!   one file per step (`claim`, `clickhouse`, `dead_letter`, `commit`), the transient/refused
 //!   classification of store errors (`error`) and the search for refused events (`isolate`).
+//! - [`live_windows`]: step 6, the live rate-limit windows in Redis, and their reconciler.
 //! - [`compaction`]: folding committed rollup rows into hourly and daily rows.
 //! - [`derived`]: the derived outputs, one module each (raw rows, cost rollup, agent runs),
 //!   computed without I/O from the same checked and priced batch.
@@ -26,6 +27,7 @@ pub mod compaction;
 pub mod consumer;
 pub mod derived;
 pub mod dlq;
+pub mod live_windows;
 pub mod metrics;
 pub mod prices;
 pub mod schema;
@@ -53,6 +55,7 @@ use crate::prices::PriceTable;
 pub struct ProcessorState {
     pool: sqlx::PgPool,
     clickhouse: clickhouse::Client,
+    redis: redis::Client,
     metrics: ProcessorMetrics,
     registry: Registry,
     readiness: Readiness,
@@ -67,8 +70,8 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<ProcessorState>> {
     let pool = stores::postgres_pool(&config.postgres)?;
     let clickhouse = stores::clickhouse_client(&config.clickhouse);
     let redis = stores::redis_client(config)?;
-    let readiness = Readiness::default().postgres(pool.clone()).clickhouse(clickhouse.clone()).redis(redis).kafka(&config.kafka);
-    Ok(Arc::new(ProcessorState { pool, clickhouse, metrics, registry, readiness }))
+    let readiness = Readiness::default().postgres(pool.clone()).clickhouse(clickhouse.clone()).redis(redis.clone()).kafka(&config.kafka);
+    Ok(Arc::new(ProcessorState { pool, clickhouse, redis, metrics, registry, readiness }))
 }
 
 /// The HTTP routes: `/health`, `/ready` and `/metrics` (the processor takes no requests).
@@ -105,8 +108,12 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         tokio::spawn(compaction::run(compactor, every, state.metrics.clone(), shutdown.clone()));
     }
 
+    let live = Arc::new(live_windows::LiveWindows::new(state.redis.clone(), &config.redis.key_prefix, state.clickhouse.clone(), &config.kafka.topic, state.metrics.clone()));
+    let every = Duration::from_millis(config.processor.live_window_reconcile_ms);
+    tokio::spawn(live_windows::run_reconciler(live.clone(), state.pool.clone(), config.kafka.topic.clone(), every, shutdown.clone()));
+
     let group = consumer::create_consumer(&config, state.metrics.clone())?;
-    let sink = new_sink(&config, &state)?;
+    let sink = new_sink(&config, &state, live)?;
     let consumed = consumer::run(config, group, sink, price_receiver, shutdown.clone()).await;
     // A failed loop stops the rest too (HTTP, prices, compaction), so the process exits.
     shutdown.cancel();
@@ -135,7 +142,7 @@ async fn first_price_table(pool: &sqlx::PgPool, shutdown: &CancellationToken) ->
 
 /// The write side of the consumer loop (its dead-letter producer is created here, after the
 /// prices are loaded, as the consumer is).
-fn new_sink(config: &Config, state: &ProcessorState) -> anyhow::Result<sink::Sink> {
+fn new_sink(config: &Config, state: &ProcessorState, live: Arc<live_windows::LiveWindows>) -> anyhow::Result<sink::Sink> {
     Ok(sink::Sink {
         pool: state.pool.clone(),
         clickhouse: state.clickhouse.clone(),
@@ -147,6 +154,7 @@ fn new_sink(config: &Config, state: &ProcessorState) -> anyhow::Result<sink::Sin
             max_partitions_per_insert: config.processor.max_partitions_per_insert,
             max_run_metadata_bytes: config.processor.max_run_metadata_bytes,
         },
+        live,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct ProcessorMetrics {
     /// Rollup compaction runs by outcome (compacted, up_to_date, busy, failed).
     pub compactions: IntCounterVec,
     pub compaction_seconds: Histogram,
+    /// Partitions whose live windows were rebuilt from ClickHouse (a hole in Redis).
+    pub live_window_rebuilds: IntCounter,
 }
 
 impl ProcessorMetrics {
@@ -72,7 +74,12 @@ impl ProcessorMetrics {
                 HistogramOpts::new("tally_processor_compaction_seconds", "Time of a rollup compaction run that compacted something")
                     .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             )?,
+            live_window_rebuilds: IntCounter::new(
+                "tally_processor_live_window_rebuilds_total",
+                "Partitions whose live rate-limit windows in Redis were rebuilt from ClickHouse",
+            )?,
         };
+        registry.register(Box::new(metrics.live_window_rebuilds.clone()))?;
         registry.register(Box::new(metrics.messages.clone()))?;
         registry.register(Box::new(metrics.unpriced.clone()))?;
         registry.register(Box::new(metrics.dead_lettered.clone()))?;

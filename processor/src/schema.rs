@@ -8,6 +8,7 @@ use tally_common::schema_check::{check_columns, SchemaError};
 
 use crate::derived::cache_stats::CacheStats;
 use crate::derived::cost_rollup::CostRollup;
+use crate::derived::rate_windows::RateWindows;
 use crate::derived::raw_events::RawEvents;
 use crate::derived::ClickHouseOutput;
 
@@ -19,6 +20,7 @@ pub async fn check(client: &clickhouse::Client) -> Result<(), SchemaError> {
     check_output::<RawEvents>(client).await?;
     check_output::<CostRollup>(client).await?;
     check_output::<CacheStats>(client).await?;
+    check_output::<RateWindows>(client).await?;
     check_columns::<MarkerWrite>(client, MARKER_TABLE).await
 }
 

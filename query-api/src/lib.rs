@@ -7,6 +7,8 @@
 //! - [`runs`]: `GET /v1/agent/runs` and `GET /v1/agent/runs/{run_id}`.
 //! - [`subject_limits`]: `PUT/GET/DELETE /v1/limits`, the rate limits per subject (changes need
 //!   the `admin` scope).
+//! - [`ratelimits`]: `GET /v1/ratelimits/{subject_kind}/{subject}` (live usage against limits,
+//!   from Redis) and `GET /v1/ratelimits/violations` (closed windows, from ClickHouse).
 //! - [`limits`]: what one query may cost (execution time, answer size, per-project concurrency).
 //! - [`params`]: parsing of times, limits and cursors, with errors naming the parameter.
 //! - [`schema`]: the startup check that the ClickHouse tables have the columns it reads.
@@ -19,6 +21,7 @@ pub mod cache;
 pub mod costs;
 pub mod limits;
 pub mod params;
+pub mod ratelimits;
 pub mod runs;
 pub mod schema;
 pub mod subject_limits;
@@ -56,6 +59,8 @@ pub struct QueryState {
     /// The events topic, whose `partition_progress` tells whether anything is newer than the
     /// last rollup compaction.
     pub topic: String,
+    /// Redis and the limit histories of the live rate-limit endpoint.
+    pub live: ratelimits::LiveReader,
     registry: Registry,
     readiness: Readiness,
 }
@@ -78,6 +83,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
         max_result_points: config.query.max_result_points,
         concurrency: limits::ProjectConcurrency::new(config.query.max_concurrent_per_project),
         topic: config.kafka.topic.clone(),
+        live: ratelimits::LiveReader::new(stores::redis_client(config)?, &config.redis.key_prefix),
         registry: Registry::new(),
         readiness,
     }))
@@ -89,6 +95,8 @@ pub fn router(state: Arc<QueryState>) -> anyhow::Result<Router> {
         .route("/v1/costs", get(costs::costs))
         .route("/v1/cache/stats", get(cache::cache_stats))
         .route("/v1/limits", get(subject_limits::list_limits).put(subject_limits::set_limit).delete(subject_limits::delete_limit))
+        .route("/v1/ratelimits/violations", get(ratelimits::violations))
+        .route("/v1/ratelimits/{subject_kind}/{subject}", get(ratelimits::status))
         .route("/v1/agent/runs", get(runs::list_runs))
         .route("/v1/agent/runs/{run_id}", get(runs::get_run))
         .route("/ready", get(|State(state): State<Arc<QueryState>>| async move { state.readiness.check().await }))

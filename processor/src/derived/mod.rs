@@ -20,12 +20,15 @@
 //!   defined in [`tally_common::rollup`].
 //! - [`cache_stats`]: the hourly cache-hit statistics (`cache_stats_batches`): lookups, hits,
 //!   tokens and cost saved, hit and miss latency, per response cache and prompt cache.
+//! - [`rate_windows`]: the per-minute rate-limit windows per subject (`rate_windows_batches`),
+//!   also added to the live windows in Redis after the commit ([`crate::live_windows`]).
 //! - [`agent_runs`]: the agent run updates applied with the commit in Postgres.
 
 pub mod agent_runs;
 pub mod cache_stats;
 pub mod check;
 pub mod cost_rollup;
+pub mod rate_windows;
 pub mod raw_events;
 
 use clickhouse::{RowOwned, RowWrite};
@@ -94,6 +97,7 @@ pub struct BatchOutput {
     pub generations: Vec<raw_events::GenerationRow>,
     pub rollups: Vec<cost_rollup::RollupRow>,
     pub cache_stats: Vec<cache_stats::CacheStatsRow>,
+    pub rate_windows: Vec<rate_windows::RateWindowRow>,
     pub runs: agent_runs::RunUpdates,
     pub priced: u64,
     pub unpriced: u64,
@@ -129,6 +133,7 @@ pub fn compute(
     output.generations = raw_events::RawEvents::compute(&batch);
     output.rollups = cost_rollup::CostRollup::compute(&batch);
     output.cache_stats = cache_stats::CacheStats::compute(&batch);
+    output.rate_windows = rate_windows::RateWindows::compute(&batch);
     output.runs = agent_runs::AgentRuns::compute(&batch);
     output
 }

@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use super::{ErrorKind, PartitionBatch, Sink, SinkError};
 use crate::derived::cache_stats::CacheStats;
 use crate::derived::cost_rollup::CostRollup;
+use crate::derived::rate_windows::RateWindows;
 use crate::derived::raw_events::{GenerationRow, RawEvents};
 use crate::derived::{BatchOutput, ClickHouseOutput};
 use crate::prices::PriceTable;
@@ -92,7 +93,8 @@ impl Sink {
     pub(super) async fn insert_outputs(&self, outputs: &[&BatchOutput], tables: Tables) -> Result<(), SinkError> {
         self.insert_rows::<RawEvents>(outputs.iter().flat_map(|output| &output.generations).collect(), tables).await?;
         self.insert_rows::<CostRollup>(outputs.iter().flat_map(|output| &output.rollups).collect(), tables).await?;
-        self.insert_rows::<CacheStats>(outputs.iter().flat_map(|output| &output.cache_stats).collect(), tables).await
+        self.insert_rows::<CacheStats>(outputs.iter().flat_map(|output| &output.cache_stats).collect(), tables).await?;
+        self.insert_rows::<RateWindows>(outputs.iter().flat_map(|output| &output.rate_windows).collect(), tables).await
     }
 
     /// Inserts rows of the output `O` into its table in `tables`, in as few inserts as the
@@ -111,6 +113,7 @@ impl Sink {
         self.rewrite_rows::<RawEvents>(&previous.generations, &batch.output.generations).await?;
         self.rewrite_rows::<CostRollup>(&previous.rollups, &batch.output.rollups).await?;
         self.rewrite_rows::<CacheStats>(&previous.cache_stats, &batch.output.cache_stats).await?;
+        self.rewrite_rows::<RateWindows>(&previous.rate_windows, &batch.output.rate_windows).await?;
         let kept: HashSet<&str> = batch.output.generations.iter().map(|row| row.event_id.as_str()).collect();
         let gone: Vec<&GenerationRow> = previous.generations.iter().filter(|row| !kept.contains(row.event_id.as_str())).collect();
         if !gone.is_empty() {

@@ -29,6 +29,10 @@
 //! instead of stopping its lane forever. Transient errors are returned, and the consumer
 //! retries the whole write with backoff.
 //!
+//! 6. **Live windows** ([`crate::live_windows`]): the committed batch's rate-window rows are added
+//!    to the Redis windows, once (a record per partition says which batch was added last; a
+//!    hole is rebuilt from ClickHouse). Redis being down fails nothing.
+//!
 //! Kafka's own committed offsets are advisory (stored after step 5): a new owner may re-read a
 //! little, and step 1 skips what was applied.
 
@@ -104,6 +108,8 @@ pub struct Sink {
     pub dead_letter_topic: String,
     pub metrics: ProcessorMetrics,
     pub limits: SinkLimits,
+    /// The live rate-limit windows (step 6).
+    pub live: std::sync::Arc<crate::live_windows::LiveWindows>,
 }
 
 /// One partition's claimed range inside a write.
@@ -220,6 +226,14 @@ impl Sink {
             report.outcomes.insert(batch.claim.partition, outcome);
         }
         timer.lap("commit");
+
+        for batch in &batches {
+            if matches!(report.outcomes.get(&batch.claim.partition), Some(PartitionOutcome::Applied { .. })) {
+                let claim = batch.claim;
+                self.live.add_committed(claim.partition, claim.start, claim.end, &batch.output.rate_windows).await;
+            }
+        }
+        timer.lap("live_windows");
 
         for batch in &batches {
             report.unpriced += batch.output.unpriced;
