@@ -6,57 +6,14 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::TopicPartitionList;
 use support::truth::{assert_exact, counted, send_all, set_price, stored};
-use support::{eventually, TestEnv};
+use support::{eventually, spawn_processor, TestEnv};
 use tally_common::stores;
-
-/// A `tally processor` child process, killed if the test ends early (panics included), so a
-/// failed test never leaves a worker behind.
-struct Worker(Child);
-
-impl Worker {
-    /// SIGKILL, and wait for the process to be gone.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn_processor(env: &TestEnv, name: &str) -> Worker {
-    let config = &env.config;
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("tally-{}-{name}.log", env.id))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["processor", "--listen", "127.0.0.1:0"])
-        .env("TALLY__KAFKA__BROKERS", &config.kafka.brokers)
-        .env("TALLY__KAFKA__TOPIC", &config.kafka.topic)
-        .env("TALLY__KAFKA__DEAD_LETTER_TOPIC", &config.kafka.dead_letter_topic)
-        .env("TALLY__KAFKA__CONSUMER_GROUP", &config.kafka.consumer_group)
-        .env("TALLY__POSTGRES__URL", config.postgres.url.expose())
-        .env("TALLY__CLICKHOUSE__URL", &config.clickhouse.url)
-        .env("TALLY__CLICKHOUSE__DATABASE", &config.clickhouse.database)
-        .env("TALLY__REDIS__URL", config.redis.url.expose())
-        .env("TALLY__PROCESSOR__BATCH_MAX_EVENTS", "400")
-        .env("TALLY__PROCESSOR__BATCH_MAX_WAIT_MS", "100")
-        .env("TALLY__PROCESSOR__COMPACTION_INTERVAL_MS", "200")
-        .env("TALLY__LOG__FILTER", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(Worker)
-        .expect("start tally processor")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn processor_killed_mid_stream_then_restarted() {

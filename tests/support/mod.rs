@@ -11,6 +11,7 @@ pub mod truth;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
@@ -93,6 +94,8 @@ impl TestEnv {
         config.processor.price_refresh_secs = 1;
         config.processor.max_retry_backoff_ms = 1_000;
         config.processor.compaction_interval_ms = 300;
+        config.processor.live_window_reconcile_ms = 500;
+        config.redis.key_prefix = format!("tally-test-{id}");
         migrate::run_all(&config).await.expect("migrations");
         let pool = stores::postgres_pool(&config.postgres).expect("pool");
         TestEnv {
@@ -175,6 +178,52 @@ impl TestEnv {
         let _ = stores::delete_topic(&self.config.kafka, &self.config.kafka.topic).await;
         let _ = stores::delete_topic(&self.config.kafka, &self.config.kafka.dead_letter_topic).await;
     }
+}
+
+/// A `tally processor` child process, killed if the test ends early (panics included), so a
+/// failed test never leaves a worker behind.
+pub struct Worker(Child);
+
+impl Worker {
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `tally processor` as a child process on `env`'s stack, topics and databases, with
+/// small batches; its log goes to the temp folder as `tally-{id}-{name}.log`.
+pub fn spawn_processor(env: &TestEnv, name: &str) -> Worker {
+    let config = &env.config;
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("tally-{}-{name}.log", env.id))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["processor", "--listen", "127.0.0.1:0"])
+        .env("TALLY__KAFKA__BROKERS", &config.kafka.brokers)
+        .env("TALLY__KAFKA__TOPIC", &config.kafka.topic)
+        .env("TALLY__KAFKA__DEAD_LETTER_TOPIC", &config.kafka.dead_letter_topic)
+        .env("TALLY__KAFKA__CONSUMER_GROUP", &config.kafka.consumer_group)
+        .env("TALLY__POSTGRES__URL", config.postgres.url.expose())
+        .env("TALLY__CLICKHOUSE__URL", &config.clickhouse.url)
+        .env("TALLY__CLICKHOUSE__DATABASE", &config.clickhouse.database)
+        .env("TALLY__REDIS__URL", config.redis.url.expose())
+        .env("TALLY__REDIS__KEY_PREFIX", &config.redis.key_prefix)
+        .env("TALLY__PROCESSOR__LIVE_WINDOW_RECONCILE_MS", config.processor.live_window_reconcile_ms.to_string())
+        .env("TALLY__PROCESSOR__BATCH_MAX_EVENTS", "400")
+        .env("TALLY__PROCESSOR__BATCH_MAX_WAIT_MS", "100")
+        .env("TALLY__PROCESSOR__COMPACTION_INTERVAL_MS", "200")
+        .env("TALLY__LOG__FILTER", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Worker)
+        .expect("start tally processor")
 }
 
 fn tracing_subscriber_init() {
