@@ -5,7 +5,9 @@
 //! `TALLY_OUTAGE_SECS` (default 20 s to keep the suite short; `scripts/faults` runs 60 s, the length docs/reliability.md reports).
 //!
 //! Scenarios: ClickHouse down, Postgres down, Redis down, the Kafka broker restarted while
-//! ingest is under load (clients retry 503s, as documented).
+//! ingest is under load (clients retry 503s, as documented). With Redis down, the live
+//! rate-limit endpoint must answer 503 `live_windows_unavailable`, and afterwards every current
+//! event sent before, during and after the outage must be in its live day window once.
 
 mod support;
 
@@ -81,7 +83,17 @@ async fn scenario(stack: &PrivateStack, service: &str) -> String {
     let url = env.start_ingest().await;
     let (_, processor) = env.start_processor_at().await;
     let key = env.api_key("acme").await;
-    let sender = tokio::spawn(send_paced(env.http.clone(), url, key, events, 200, Duration::from_millis(250)));
+    let sender = tokio::spawn(send_paced(env.http.clone(), url.clone(), key, events, 200, Duration::from_millis(250)));
+    // With Redis: current events of another project, whose live windows are checked too.
+    let live = if service == "redis" {
+        let query = env.start_query_api().await;
+        let live_key = env.api_key("live").await;
+        let stop = tally_common::shutdown::CancellationToken::new();
+        let sender = tokio::spawn(send_live(env.http.clone(), url, live_key.clone(), stop.clone()));
+        Some((query, live_key, stop, sender))
+    } else {
+        None
+    };
     eventually("some events applied before the fault", Duration::from_secs(60), || async { (counted(&env).await >= 1_000).then_some(()) }).await;
 
     stack.run(&["stop", service]);
@@ -91,6 +103,17 @@ async fn scenario(stack: &PrivateStack, service: &str) -> String {
         let store = if service == "redis" { "redis" } else { service };
         eventually("processor /ready to name the stopped store", Duration::from_secs(30), || async {
             ready_failing(&env, &processor, store).await.then_some(())
+        })
+        .await;
+    }
+    if let Some((query, live_key, ..)) = &live {
+        // The live endpoint says so, and the rest goes on (the sender's events are counted).
+        let url = format!("{query}/v1/ratelimits/user/live");
+        eventually("the live endpoint to answer 503 live_windows_unavailable", Duration::from_secs(30), || async {
+            let response = env.http.get(&url).bearer_auth(live_key).send().await.ok()?;
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.ok()?;
+            (status == 503 && body["error"]["code"] == "live_windows_unavailable").then_some(())
         })
         .await;
     }
@@ -105,6 +128,21 @@ async fn scenario(stack: &PrivateStack, service: &str) -> String {
     let recovered = restarted.elapsed();
     let (truth, refused) = sender.await.unwrap();
     assert_exact(&env, &truth).await;
+    if let Some((query, live_key, stop, sender)) = live {
+        stop.cancel();
+        let sent = sender.await.unwrap();
+        // Every acknowledged current event, before, during and after the outage, is in its
+        // day window once: the windows were rebuilt, not restarted at zero.
+        let url = format!("{query}/v1/ratelimits/user/live");
+        eventually("the live day window to hold every acknowledged event", Duration::from_secs(60), || async {
+            let response = env.http.get(&url).bearer_auth(&live_key).send().await.ok()?;
+            let body: serde_json::Value = response.json().await.ok()?;
+            let day = body["day"]["start"].as_str()?.to_string();
+            let day = time::OffsetDateTime::parse(&day, &time::format_description::well_known::Rfc3339).ok()?.unix_timestamp();
+            (body["day"]["requests"].as_u64() == sent.get(&day).copied()).then_some(())
+        })
+        .await;
+    }
     let row = format!(
         "| {service} stopped {} s | {events} | {} (after {refused} refused sends, resent) | {} | 0 | {:.1} s |",
         outage().as_secs(),
@@ -115,6 +153,30 @@ async fn scenario(stack: &PrivateStack, service: &str) -> String {
     println!("{row}");
     env.cleanup().await;
     row
+}
+
+/// Sends 10 current generations of project `live` (user `live`) every 250 ms until `stop`,
+/// resending what is not acknowledged; returns how many were acknowledged per UTC day start.
+async fn send_live(http: reqwest::Client, url: String, key: String, stop: tally_common::shutdown::CancellationToken) -> std::collections::BTreeMap<i64, u64> {
+    let mut sent = std::collections::BTreeMap::new();
+    while !stop.is_cancelled() {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let events: Vec<serde_json::Value> = (0..10)
+            .map(|_| serde_json::json!({"type": "generation", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": "t",
+                "provider": "testco", "model": "alpha", "application": "live", "user_id": "live", "start_time": now_ms,
+                "duration_ms": 10, "input_tokens": 5, "output_tokens": 1}))
+            .collect();
+        let body = serde_json::json!({"events": events});
+        loop {
+            match http.post(format!("{url}/v1/events")).bearer_auth(&key).json(&body).send().await {
+                Ok(response) if response.status() == 200 => break,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        *sent.entry(now_ms / 86_400_000 * 86_400).or_default() += 10;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sent
 }
 
 /// A failed scenario leaves its services running; dropping them while the runtime shuts down
