@@ -13,7 +13,8 @@ use crate::runs::GenerationSummary;
 /// Checks the tables the query API reads: a run's generations (each field of
 /// [`GenerationSummary`] is a column, or converted from the column of its name, and the columns
 /// the query selects by), the rollup's batch and compacted tables (the dimensions each keeps and
-/// every metric column), the cache statistics, and the compaction markers.
+/// every metric column), the cache statistics, the rate-limit windows and the compaction
+/// markers.
 pub async fn check(client: &clickhouse::Client) -> Result<(), SchemaError> {
     let mut generations = GenerationSummary::COLUMN_NAMES.to_vec();
     generations.extend(["project_id", "agent_run_id"]);
@@ -32,6 +33,9 @@ pub async fn check(client: &clickhouse::Client) -> Result<(), SchemaError> {
     cache.extend(cache::METRICS);
     cache.extend(cache::HISTOGRAMS.iter().flat_map(|(ids, counts)| [*ids, *counts]));
     check_columns_exist(client, cache::TABLE, "the cache statistics query", &cache).await?;
+
+    let windows = ["project_id", "subject_kind", "subject", "minute", "requests", "tokens", "cost", "unpriced_requests"];
+    check_columns_exist(client, crate::ratelimits::TABLE, "the rate-limit violations query", &windows).await?;
 
     check_columns_exist(client, MARKER_TABLE, "the compaction frontier", MarkerWrite::COLUMN_NAMES).await
 }
