@@ -23,6 +23,7 @@
 //! - [`settings`]: the command line ([`LoadtestArgs`]) and its validation.
 //! - [`generator`]: the seeded workload, written straight to JSON bytes.
 //! - [`runner`]: connections, pacing, retries, latency recording, progress and [`run`].
+//! - [`limit_checks`]: rate-limit checks (`GET /v1/ratelimits/user/{user}`) during the load.
 //! - [`probe`]: end-to-end lag, by polling `GET /v1/costs` for a uniquely tagged event.
 //! - [`services`]: processor `/metrics` scraping and `/proc` memory sampling.
 //! - [`report`]: the [`Report`] (serde, for `--json`) and its table.
@@ -33,6 +34,7 @@
 
 pub mod cpu_jitter;
 pub mod generator;
+pub mod limit_checks;
 pub mod probe;
 pub mod query_bench;
 pub mod report;

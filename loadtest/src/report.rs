@@ -33,6 +33,9 @@ pub struct Report {
     /// Latency of every HTTP attempt (including retries and 503s), in milliseconds.
     pub latency_ms: Percentiles,
     pub end_to_end_lag: Option<EndToEndLag>,
+    /// `GET /v1/ratelimits/user/{user}` while the load ran (with --query-url).
+    #[serde(default)]
+    pub limit_checks: Option<crate::limit_checks::LimitCheckReport>,
     pub processor: Option<ProcessorReport>,
     pub memory: Vec<ServiceMemory>,
     pub generator: GeneratorReport,
@@ -294,6 +297,17 @@ impl Report {
             }
             None => {
                 let _ = writeln!(out, "  end-to-end lag: not measured (use --query-url)");
+            }
+        }
+        if let Some(checks) = &self.limit_checks {
+            percentile_row(&mut out, "rate-limit check", &checks.latency_ms);
+            let _ = writeln!(
+                out,
+                "  limit checks {} ({}/s): ok {}, 503 {}, errors {}, skipped {}",
+                checks.checks, checks.per_sec, checks.ok, checks.unavailable, checks.errors, checks.skipped
+            );
+            if let Some(error) = &checks.first_error {
+                let _ = writeln!(out, "  first limit-check error: {error}");
             }
         }
         let _ = writeln!(out);

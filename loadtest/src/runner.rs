@@ -35,6 +35,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::generator::{Batch, EventKind, Generator, WorkloadProfile};
+use crate::limit_checks::LimitChecker;
 use crate::probe::{truncate, EndToEndProbe};
 use crate::report::{EventCounts, GeneratorReport, MachineInfo, Percentiles, Report, RequestCounts};
 use crate::services::{MonitorTimeline, ServiceMonitor};
@@ -129,6 +130,18 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         drain_timeout: args.drain_timeout,
         accepted_events: accepted_events.clone(),
     }));
+    let limit_check_task = query_url.as_ref().filter(|_| args.limit_checks_per_sec > 0.0).map(|query_url| {
+        let checker = LimitChecker {
+            client: client.clone(),
+            url: format!("{query_url}/v1/ratelimits/user/"),
+            authorization: args.query_api_key.as_ref().unwrap_or(&args.api_key).bearer(),
+            per_sec: args.limit_checks_per_sec,
+            users: args.users,
+            zipf_exponent: args.zipf_exponent,
+            seed: args.seed,
+        };
+        tokio::spawn(checker.run(measure_from, stop.clone()))
+    });
     let probe_task = query_url.map(|query_url| {
         let probe = EndToEndProbe {
             client: client.clone(),
@@ -177,6 +190,10 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         Some(task) => Some(task.await.context("the end-to-end probe task failed")?),
         None => None,
     };
+    let limit_checks = match limit_check_task {
+        Some(task) => Some(task.await.context("the rate-limit check task failed")?),
+        None => None,
+    };
     let (processor, memory) = monitor_task.await.context("the service monitor task failed")?;
     let interrupted = abort.is_cancelled();
     interrupt.abort();
@@ -201,6 +218,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         events: measured.events,
         requests: measured.requests,
         end_to_end_lag,
+        limit_checks,
         processor,
         memory,
         generator: generator_report,

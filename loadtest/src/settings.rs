@@ -160,6 +160,10 @@ pub struct LoadtestArgs {
     /// API key for the query API (default: --api-key).
     #[arg(long, env = "TALLY_QUERY_API_KEY", hide_env_values = true)]
     pub query_api_key: Option<ApiKey>,
+    /// Rate-limit checks per second (`GET /v1/ratelimits/user/{user}`, users drawn like the
+    /// traffic's), as a gateway makes before each call; 0 turns them off. Needs --query-url.
+    #[arg(long, default_value_t = 50.0)]
+    pub limit_checks_per_sec: f64,
     /// How often a probe event is sent and polled for in the rollups.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub e2e_sample_every: Duration,
@@ -213,6 +217,8 @@ pub struct Settings {
     /// Event times spread back over this many seconds (backfill), if set.
     pub spread_over_secs: Option<f64>,
     pub e2e_sample_every_secs: f64,
+    #[serde(default)]
+    pub limit_checks_per_sec: f64,
     pub e2e_timeout_secs: f64,
     pub drain_timeout_secs: f64,
     pub services: Vec<ServicePid>,
@@ -234,6 +240,9 @@ impl LoadtestArgs {
         }
         if self.e2e_sample_every.is_zero() {
             return Err(SettingsError::TooSmall { flag: "e2e-sample-every", minimum: 1 });
+        }
+        if !(self.limit_checks_per_sec.is_finite() && (0.0..=100_000.0).contains(&self.limit_checks_per_sec)) {
+            return Err(SettingsError::TooSmall { flag: "limit-checks-per-sec", minimum: 0 });
         }
         if !(self.zipf_exponent.is_finite() && self.zipf_exponent > 0.0) {
             return Err(SettingsError::TooSmall { flag: "zipf-exponent", minimum: 0 });
@@ -273,6 +282,7 @@ impl LoadtestArgs {
             invalid_share: self.invalid_share,
             spread_over_secs: self.spread_over.map(|span| span.as_secs_f64()),
             e2e_sample_every_secs: self.e2e_sample_every.as_secs_f64(),
+            limit_checks_per_sec: self.limit_checks_per_sec,
             e2e_timeout_secs: self.e2e_timeout.as_secs_f64(),
             drain_timeout_secs: self.drain_timeout.as_secs_f64(),
             services: self.pids.clone(),
