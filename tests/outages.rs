@@ -88,6 +88,14 @@ async fn scenario(stack: &PrivateStack, service: &str) -> String {
     let live = if service == "redis" {
         let query = env.start_query_api().await;
         let live_key = env.api_key("live").await;
+        // Live windows are kept for the kinds a project limits.
+        let key = tally_common::subject_limits::LimitKey::new(
+            tally_common::subject_limits::SubjectKind::User,
+            None,
+            tally_common::subject_limits::Metric::RequestsPerMinute,
+        )
+        .unwrap();
+        tally_common::subject_limits::set_limit(&env.pool, "live", &key, rust_decimal::Decimal::from(1_000_000), None).await.unwrap();
         let stop = tally_common::shutdown::CancellationToken::new();
         let sender = tokio::spawn(send_live(env.http.clone(), url, live_key.clone(), stop.clone()));
         Some((query, live_key, stop, sender))

@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use support::{eventually, spawn_processor, TestEnv};
 use tally_common::live_windows::{self, window_key, Resolution, Usage};
-use tally_common::subject_limits::Metric;
+use tally_common::subject_limits::{set_limit, LimitKey, Metric, SubjectKind};
 use time::OffsetDateTime;
 
 const PROJECT: &str = "acme";
@@ -227,7 +227,8 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     // Another project's key sees none of it.
     let other = env.api_key("other").await;
     let (_, body) = get(&env, &format!("{query}/v1/ratelimits/user/crosser"), &other).await;
-    assert_eq!((body["minute"]["requests"].as_u64(), body["limits"].as_array().map(Vec::len)), (Some(0), Some(0)), "{body}");
+    assert_eq!((body["tracked"].as_bool(), body["limits"].as_array().map(Vec::len)), (Some(false), Some(0)), "{body}");
+    assert!(body["minute"].is_null(), "{body}");
     let (code, body) = get(&env, &format!("{query}/v1/ratelimits/api_key/k1"), &key).await;
     assert_eq!((code, body["error"]["parameter"].as_str()), (400, Some("subject_kind")), "{body}");
 
@@ -275,6 +276,34 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     }
     assert_eq!(answered, judged, "violations");
     assert!(pages > 1, "the answer was paged");
+
+    // A project without limits has no live windows; once it sets one, its subjects' current
+    // windows are rebuilt whole from ClickHouse (not counted from the moment of the limit).
+    let later = env.api_key("later").await;
+    let minute = now_ms() / 60_000 * 60_000;
+    let before: Vec<Sent> = (0..30).map(|index| generation("z", "chat", minute + index * 10, 10, 1)).collect();
+    let body = json!({"events": before.iter().map(|event| event.body.clone()).collect::<Vec<_>>()});
+    let response = env.http.post(format!("{ingest}/v1/events")).bearer_auth(&later).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    eventually("project later's events in ClickHouse", Duration::from_secs(30), || async {
+        let stored: u64 = clickhouse
+            .query("SELECT sum(requests) FROM rate_windows_batches FINAL WHERE project_id = 'later' AND subject_kind = 'user'")
+            .fetch_one()
+            .await
+            .unwrap_or(0);
+        (stored == 30).then_some(())
+    })
+    .await;
+    let (_, body) = get(&env, &format!("{query}/v1/ratelimits/user/z"), &later).await;
+    assert_eq!(body["tracked"].as_bool(), Some(false), "{body}");
+    let key_of = |kind, metric| LimitKey::new(kind, None, metric).unwrap();
+    set_limit(&env.pool, "later", &key_of(SubjectKind::User, Metric::TokensPerDay), Decimal::from(1_000_000), None).await.unwrap();
+    let day_key = window_key(&env.config.redis.key_prefix, Resolution::Day, Resolution::Day.start_of((minute / 1_000) as u32), "later", "user", "z");
+    eventually("project later's day window rebuilt whole", Duration::from_secs(60), || async {
+        let usage = live_windows::read(&mut redis.clone(), std::slice::from_ref(&day_key)).await.unwrap();
+        (usage[0] == Usage { requests: 30, tokens: 330, cost: 30 * i128::from(10 * PRICE.0 + PRICE.1) * 1_000_000, unpriced_requests: 0 }).then_some(())
+    })
+    .await;
 
     // Redis loses the windows (a restart without persistence): they come back whole.
     let pattern = format!("{}:*", env.config.redis.key_prefix);

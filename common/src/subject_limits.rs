@@ -326,6 +326,12 @@ impl LimitHistory {
         self.changes.is_empty()
     }
 
+    /// Whether the project ever had a limit for `kind` (own or default, scheduled or deleted):
+    /// only such kinds have live windows.
+    pub fn has_kind(&self, kind: SubjectKind) -> bool {
+        self.changes.keys().any(|(k, _, _)| *k == kind)
+    }
+
     fn value_at(&self, kind: SubjectKind, subject: &str, metric: Metric, at: OffsetDateTime) -> Option<Decimal> {
         let changes = self.changes.get(&(kind, subject.to_owned(), metric))?;
         let index = changes.partition_point(|(from, _)| *from <= at);

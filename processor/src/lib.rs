@@ -109,6 +109,9 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     }
 
     let live = Arc::new(live_windows::LiveWindows::new(state.redis.clone(), &config.redis.key_prefix, state.clickhouse.clone(), &config.kafka.topic, state.metrics.clone()));
+    if let Err(error) = live.refresh_limited(&state.pool).await {
+        tracing::warn!(%error, "cannot load which subject kinds have limits yet; the reconciler retries");
+    }
     let every = Duration::from_millis(config.processor.live_window_reconcile_ms);
     tokio::spawn(live_windows::run_reconciler(live.clone(), state.pool.clone(), config.kafka.topic.clone(), every, shutdown.clone()));
 

@@ -149,6 +149,19 @@ pub async fn status(
         .zip(starts)
         .map(|(resolution, start)| window_key(&state.live.prefix, *resolution, start, &access.project, kind.as_str(), &subject))
         .collect();
+    let history = state.live.history(&state.pool, &access.project).await?;
+    if !history.has_kind(kind) {
+        // Live windows are kept only for kinds the project limits (processor/src/live_windows.rs).
+        return Ok(Json(json!({
+            "subject_kind": kind.as_str(),
+            "subject": subject,
+            "as_of": format_time(now),
+            "tracked": false,
+            "minute": null,
+            "day": null,
+            "limits": [],
+        })));
+    }
     let unavailable = |error: redis::RedisError| {
         tracing::warn!(%error, "Redis did not answer for live windows");
         ApiError::unavailable("live_windows_unavailable", "the live rate-limit windows (Redis) are unavailable; retry later", 1)
@@ -156,7 +169,6 @@ pub async fn status(
     let live = &state.live;
     let mut connection = live.connection().await.map_err(unavailable)?;
     let usages = live_windows::read(&mut connection, &keys).await.map_err(unavailable)?;
-    let history = live.history(&state.pool, &access.project).await?;
 
     let window = |resolution: Resolution, start: u32, usage: &Usage| {
         let mut window = json!({
@@ -191,6 +203,7 @@ pub async fn status(
         "subject_kind": kind.as_str(),
         "subject": subject,
         "as_of": format_time(now),
+        "tracked": true,
         "minute": window(Resolution::Minute, starts[0], &usages[0]),
         "day": window(Resolution::Day, starts[1], &usages[1]),
         "limits": limits,
