@@ -191,6 +191,8 @@ pub struct LiveWindows {
     rebuild: redis::Script,
     paused_until: Mutex<Option<Instant>>,
     limited: RwLock<Arc<LimitedKinds>>,
+    /// A limited kind was gained and the applied record is still to be deleted.
+    reset_pending: std::sync::atomic::AtomicBool,
     metrics: ProcessorMetrics,
 }
 
@@ -211,6 +213,7 @@ impl LiveWindows {
             rebuild: redis::Script::new(REBUILD),
             paused_until: Mutex::new(None),
             limited: RwLock::new(Arc::new(LimitedKinds::new())),
+            reset_pending: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
     }
@@ -220,24 +223,30 @@ impl LiveWindows {
     }
 
     /// Reloads the limited kinds; when a pair is new, deletes the record of applied batches so
-    /// that every partition is rebuilt with it. Returns whether a pair was new.
+    /// that every partition is rebuilt with it (retried on the next pass while Redis fails).
+    /// Returns whether the record was deleted.
     pub async fn refresh_limited(&self, pool: &PgPool) -> Result<bool, anyhow::Error> {
         let pairs: Vec<(String, String)> = sqlx::query_as("SELECT DISTINCT project_id, subject_kind FROM subject_limits").fetch_all(pool).await?;
         let loaded: LimitedKinds = pairs.into_iter().collect();
         let current = self.limited();
-        if loaded == *current {
-            return Ok(false);
+        if loaded != *current {
+            if loaded.iter().any(|pair| !current.contains(pair)) {
+                self.reset_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            // Before the delete: a batch added in between already has the new kind, and the
+            // rebuild that the delete causes sets it again whole.
+            *self.limited.write().expect("limited kinds lock") = Arc::new(loaded);
         }
-        let gained = loaded.iter().any(|pair| !current.contains(pair));
-        *self.limited.write().expect("limited kinds lock") = Arc::new(loaded);
-        if !gained {
+        if !self.reset_pending.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(false);
         }
         // Batches added so far left the new kind out: rebuild every partition.
-        let Some(mut connection) = self.connection().await else { return Ok(true) };
+        let Some(mut connection) = self.connection().await else { return Ok(false) };
         if let Err(error) = redis::cmd("DEL").arg(&self.applied_key).query_async::<()>(&mut connection).await {
             self.failed("reset", &error.to_string());
+            return Ok(false);
         }
+        self.reset_pending.store(false, std::sync::atomic::Ordering::SeqCst);
         tracing::info!("a project has limits of a new subject kind; every partition's live windows are rebuilt");
         Ok(true)
     }
@@ -279,6 +288,11 @@ impl LiveWindows {
     /// windows, or rebuilds the partition's windows when the record shows a hole.
     #[tracing::instrument(name = "live_windows", skip_all, fields(partition, start, end))]
     pub async fn add_committed(&self, partition: i32, start: i64, end: i64, rows: &[RateWindowRow]) -> Applied {
+        if self.limited().is_empty() {
+            // No project limits anything: nothing to keep. The record lags; the first limit
+            // deletes it, and every partition is rebuilt then.
+            return Applied::Skipped;
+        }
         let Some(mut connection) = self.connection().await else { return Applied::Skipped };
         let limited = self.limited();
         let windows = windows_of(&self.prefix, rows, &limited, now_secs());
@@ -377,6 +391,9 @@ impl LiveWindows {
     /// finds its hole at its next batch).
     pub async fn reconcile(&self, pool: &PgPool, topic: &str) -> Result<usize, anyhow::Error> {
         self.refresh_limited(pool).await?;
+        if self.limited().is_empty() {
+            return Ok(0);
+        }
         let Some(mut connection) = self.connection().await else { return Ok(0) };
         let committed: Vec<(i32, i64)> = sqlx::query_as(
             "SELECT kafka_partition, next_offset FROM partition_progress

@@ -93,6 +93,7 @@ impl DerivedOutput for RateWindows {
             let minute = minute_of(generation.start_time_us);
             let user = generation.user_id.as_deref().filter(|user| !user.is_empty());
             let subjects = [(APPLICATION, Some(generation.application.as_str())), (USER, user)];
+            let cost = priced.cost.map(to_decimal128);
             for (subject_kind, subject) in subjects {
                 let Some(subject) = subject else { continue };
                 let key = WindowKey { project_id: &generation.project_id, subject_kind, subject, minute };
@@ -101,8 +102,8 @@ impl DerivedOutput for RateWindows {
                 // No sum can overflow: at most 10^9 tokens per event (the processor's check)
                 // and at most 10^6 events per batch.
                 row.tokens += (generation.input_tokens + generation.output_tokens) as u64;
-                match priced.cost {
-                    Some(cost) => row.cost += to_decimal128(cost),
+                match cost {
+                    Some(cost) => row.cost += cost,
                     None => row.unpriced_requests += 1,
                 }
             }
