@@ -49,9 +49,18 @@ async fn send(env: &TestEnv, ingest: &str, key: &str, events: Vec<Value>) {
     }
 }
 
+/// Waits until the rollup holds `requests` and no claim is pending, i.e. the batches that wrote
+/// them are committed (ClickHouse is written before the commit; the compactor folds only
+/// committed batches, so a test that compacts right after must wait for both).
 async fn wait_stored(env: &TestEnv, requests: u64) {
-    eventually("the processor to store every event", Duration::from_secs(60), || async {
-        stored(env).await.filter(|(truth, _, _)| truth.requests == requests).map(|_| ())
+    eventually("the processor to store and commit every event", Duration::from_secs(60), || async {
+        stored(env).await.filter(|(truth, _, _)| truth.requests == requests)?;
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM partition_progress WHERE topic = $1 AND pending_end IS NOT NULL")
+            .bind(&env.config.kafka.topic)
+            .fetch_one(&env.pool)
+            .await
+            .ok()?;
+        (pending == 0).then_some(())
     })
     .await;
 }
