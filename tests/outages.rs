@@ -163,10 +163,14 @@ async fn scenario(stack: &PrivateStack, service: &str) -> String {
     row
 }
 
-/// Sends 10 current generations of project `live` (user `live`) every 250 ms until `stop`,
-/// resending what is not acknowledged; returns how many were acknowledged per UTC day start.
+/// Sends 10 current generations of project `live` (user `live`) on every 250 ms tick until
+/// `stop`, resending what is not acknowledged on the next tick (for at most 10 minutes, so a
+/// pipeline that never recovers fails the test instead of hanging it); returns how many were
+/// acknowledged per UTC day start.
 async fn send_live(http: reqwest::Client, url: String, key: String, stop: tally_common::shutdown::CancellationToken) -> std::collections::BTreeMap<i64, u64> {
     let mut sent = std::collections::BTreeMap::new();
+    let give_up = Instant::now() + Duration::from_secs(600);
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
     while !stop.is_cancelled() {
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let events: Vec<serde_json::Value> = (0..10)
@@ -176,13 +180,15 @@ async fn send_live(http: reqwest::Client, url: String, key: String, stop: tally_
             .collect();
         let body = serde_json::json!({"events": events});
         loop {
-            match http.post(format!("{url}/v1/events")).bearer_auth(&key).json(&body).send().await {
-                Ok(response) if response.status() == 200 => break,
-                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            ticks.tick().await;
+            assert!(Instant::now() < give_up, "ingest did not acknowledge project live's events within 10 minutes");
+            if let Ok(response) = http.post(format!("{url}/v1/events")).bearer_auth(&key).json(&body).send().await {
+                if response.status() == 200 {
+                    break;
+                }
             }
         }
         *sent.entry(now_ms / 86_400_000 * 86_400).or_default() += 10;
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     sent
 }

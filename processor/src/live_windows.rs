@@ -288,13 +288,13 @@ impl LiveWindows {
     /// windows, or rebuilds the partition's windows when the record shows a hole.
     #[tracing::instrument(name = "live_windows", skip_all, fields(partition, start, end))]
     pub async fn add_committed(&self, partition: i32, start: i64, end: i64, rows: &[RateWindowRow]) -> Applied {
-        if self.limited().is_empty() {
+        let limited = self.limited();
+        if limited.is_empty() {
             // No project limits anything: nothing to keep. The record lags; the first limit
             // deletes it, and every partition is rebuilt then.
             return Applied::Skipped;
         }
         let Some(mut connection) = self.connection().await else { return Applied::Skipped };
-        let limited = self.limited();
         let windows = windows_of(&self.prefix, rows, &limited, now_secs());
         let mut invocation = self.apply.key(&self.applied_key);
         invocation.arg(partition).arg(start).arg(end);
