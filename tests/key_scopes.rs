@@ -78,10 +78,11 @@ fn sha2_digest(key: &str) -> [u8; 32] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_keys_does_not_evict_known_ones() {
     let env = TestEnv::new().await;
-    let key = keys::create_key(&env.pool, "flooded").await.unwrap().key;
+    let created = keys::create_key(&env.pool, "flooded").await.unwrap();
+    let key = created.key;
     let authenticator = Authenticator::new(env.pool.clone(), Duration::from_secs(300));
     let header = format!("Bearer {key}");
-    let expected = Principal { project: "flooded".into(), scopes: vec![Scope::Ingest, Scope::Read] };
+    let expected = Principal { project: "flooded".into(), key_id: created.id, scopes: vec![Scope::Ingest, Scope::Read] };
     assert_eq!(authenticator.authenticate(Some(&header)).await, Ok(expected.clone()));
     assert_eq!(authenticator.lookups(), 1);
     // More made-up keys than the cache holds.

@@ -52,6 +52,7 @@ fn generation(trace: &str, start_time_us: i64, input_tokens: i64, run: Option<&s
         cache_similarity: None,
         metadata: BTreeMap::new(),
         received_at_us: NOV_2026_US,
+        api_key_id: None,
     })
 }
 

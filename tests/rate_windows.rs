@@ -1,6 +1,7 @@
-//! Rate-limit windows end to end on the real stack: generated traffic per user and application
-//! goes in through `POST /v1/events` while a `tally processor` child process is SIGKILLed
-//! mid-stream and replaced; duplicates and late events are sent too. The test computes every
+//! Rate-limit windows end to end on the real stack: generated traffic per user, application and
+//! API key (two keys of one project) goes in through `POST /v1/events` while a `tally processor`
+//! child process is SIGKILLed mid-stream and replaced; duplicates (through the other key) and late
+//! events are sent too. The test computes every
 //! window on its own from the events it sent and compares, exactly: the live day windows in
 //! Redis (read with the same reader as the query API), the live minute window and the limits
 //! of `GET /v1/ratelimits/{kind}/{subject}` for a subject that crosses its limit inside the
@@ -32,20 +33,21 @@ fn now_ms() -> i64 {
 /// One generation, and what it adds to its windows.
 struct Sent {
     body: Value,
-    subjects: [(&'static str, String); 2],
+    subjects: [(&'static str, String); 3],
     start_secs: u32,
     tokens: u64,
     /// Picodollars.
     cost: i128,
 }
 
-fn generation(user: &str, application: &str, start_ms: i64, input: i64, output: i64) -> Sent {
+/// A generation that the key with id `key_id` sends.
+fn generation(key_id: &str, user: &str, application: &str, start_ms: i64, input: i64, output: i64) -> Sent {
     let body = json!({"type": "generation", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": "t", "provider": "testco",
         "model": "alpha", "application": application, "user_id": user, "start_time": start_ms, "duration_ms": 100,
         "input_tokens": input, "output_tokens": output});
     Sent {
         body,
-        subjects: [("user", user.to_owned()), ("application", application.to_owned())],
+        subjects: [("user", user.to_owned()), ("application", application.to_owned()), ("api_key", key_id.to_owned())],
         start_secs: (start_ms / 1_000) as u32,
         tokens: (input + output) as u64,
         cost: i128::from(input * PRICE.0 + output * PRICE.1) * 1_000_000,
@@ -117,8 +119,14 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     )
     .await
     .unwrap();
+    let first_key = tally_common::keys::create_key(&env.pool, PROJECT).await.unwrap();
+    let second_key = tally_common::keys::create_key(&env.pool, PROJECT).await.unwrap();
+    let (key, key_a) = (first_key.key.clone(), first_key.id.to_string());
+    let (key_b_secret, key_b) = (second_key.key.clone(), second_key.id.to_string());
     // Limits in force since two hours ago (set then; the API refuses a start in the past).
     for (kind, subject, metric, value) in [
+        ("api_key", "", "requests_per_minute", "1000"),
+        ("api_key", key_b.as_str(), "tokens_per_day", "100000"),
         ("user", "", "requests_per_minute", "20"),
         ("user", "quiet", "requests_per_minute", "30"),
         ("application", "", "tokens_per_day", "1000000000"),
@@ -140,24 +148,25 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     }
     let ingest = env.start_ingest().await;
     let query = env.start_query_api().await;
-    let key = env.api_key(PROJECT).await;
     let client = redis::Client::open(env.config.redis.url.expose()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
 
     // Phase 1: 4,000 generations of ten users over the last 20 minutes (late for their minute
-    // windows by the time they are counted), with a processor SIGKILLed mid-stream.
+    // windows by the time they are counted), the first half sent by key A, the rest by key B,
+    // with a processor SIGKILLed mid-stream.
     let now = now_ms();
     let mut history: Vec<Sent> = (0..4_000)
         .map(|index| {
             let user = format!("u{}", index % 10);
             let application = ["chat", "batch"][index % 2];
             let start = now - 20 * 60_000 + (index as i64 * 7_919) % (18 * 60_000);
-            generation(&user, application, start, 100 + (index % 50) as i64, 10 + (index % 7) as i64)
+            let key_id = if index < 2_000 { &key_a } else { &key_b };
+            generation(key_id, &user, application, start, 100 + (index % 50) as i64, 10 + (index % 7) as i64)
         })
         .collect();
     // One minute in which u3 sends 25 more (over the default of 20 per minute).
     let burst_minute = (now - 15 * 60_000) / 60_000 * 60_000;
-    history.extend((0..25).map(|index| generation("u3", "chat", burst_minute + index * 1_000, 10, 1)));
+    history.extend((0..25).map(|index| generation(&key_b, "u3", "chat", burst_minute + index * 1_000, 10, 1)));
     let mut expected = Expected::new();
     expect(&mut expected, &history);
 
@@ -173,10 +182,11 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     first.kill(); // SIGKILL
     let at_kill = counted().await;
     let mut second = spawn_processor(&env, "rw-second");
-    send(&env, &ingest, &key, tail).await;
-    // Duplicates: every 13th event again; they must change nothing.
+    send(&env, &ingest, &key_b_secret, tail).await;
+    // Duplicates: every 13th event again, all through key B (those of the first half were sent by
+    // key A); they must change nothing, key B's window included.
     let again: Vec<&Sent> = history.iter().step_by(13).collect();
-    send(&env, &ingest, &key, &again).await;
+    send(&env, &ingest, &key_b_secret, &again).await;
     assert!(at_kill < history.len() as u64, "the kill happened mid-stream ({at_kill} of {})", history.len());
 
     let want = days_of(&expected);
@@ -185,15 +195,15 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
         (live == want).then_some(live)
     })
     .await;
-    assert_eq!(live.values().map(|usage| usage.requests).sum::<u64>(), 2 * history.len() as u64, "users and applications");
+    assert_eq!(live.values().map(|usage| usage.requests).sum::<u64>(), 3 * history.len() as u64, "users, applications and keys");
 
     // Phase 2: the current minute, with at least 25 s of it left.
     eventually("a minute with 25 s left", Duration::from_secs(40), || async { (now_ms() % 60_000 < 35_000).then_some(()) }).await;
     let minute = now_ms() / 60_000 * 60_000;
     let current: Vec<Sent> = (0..25)
-        .map(|index| generation("crosser", "chat", minute + index * 100, 40, 4))
-        .chain((0..20).map(|index| generation("edge", "chat", minute + index * 100, 40, 4)))
-        .chain((0..3).map(|index| generation("quiet", "chat", minute + index * 100, 40, 4)))
+        .map(|index| generation(&key_a, "crosser", "chat", minute + index * 100, 40, 4))
+        .chain((0..20).map(|index| generation(&key_a, "edge", "chat", minute + index * 100, 40, 4)))
+        .chain((0..3).map(|index| generation(&key_a, "quiet", "chat", minute + index * 100, 40, 4)))
         .collect();
     expect(&mut expected, &current);
     send(&env, &ingest, &key, &current.iter().collect::<Vec<_>>()).await;
@@ -229,12 +239,19 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     let (_, body) = get(&env, &format!("{query}/v1/ratelimits/user/crosser"), &other).await;
     assert_eq!((body["tracked"].as_bool(), body["limits"].as_array().map(Vec::len)), (Some(false), Some(0)), "{body}");
     assert!(body["minute"].is_null(), "{body}");
-    let (code, body) = get(&env, &format!("{query}/v1/ratelimits/api_key/k1"), &key).await;
+    // Key A's live minute: the 48 requests it sent this minute, under the default of 1,000.
+    let (code, body) = get(&env, &format!("{query}/v1/ratelimits/api_key/{key_a}"), &key).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["minute"]["requests"], 48, "{body}");
+    let rpm = limit(&body, "requests_per_minute");
+    assert_eq!((rpm["limit"].as_str(), rpm["remaining"].as_str(), rpm["default"].as_bool()), (Some("1000"), Some("952"), Some(true)), "{body}");
+    let (code, body) = get(&env, &format!("{query}/v1/ratelimits/team/x"), &key).await;
     assert_eq!((code, body["error"]["parameter"].as_str()), (400, Some("subject_kind")), "{body}");
 
     // Violations, as this test judges them: per window, the limit in force (all were set two
     // hours ago): users 20 requests per minute (quiet: 30), 0.5 USD per day; applications
-    // 10^9 tokens per day (batch: 50,000).
+    // 10^9 tokens per day (batch: 50,000); keys 1,000 requests per minute, key B 100,000 tokens
+    // per day.
     let mut judged: BTreeSet<(u32, &str, String, &str, String)> = BTreeSet::new();
     for ((is_minute, start, kind, subject), usage) in &expected {
         let checks: Vec<(&str, Decimal, Decimal)> = match (*kind, *is_minute) {
@@ -243,6 +260,8 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
             ("application", false) => {
                 vec![("tokens_per_day", Decimal::from(usage.tokens), Decimal::from(if subject == "batch" { 50_000 } else { 1_000_000_000 }))]
             }
+            ("api_key", true) => vec![("requests_per_minute", Decimal::from(usage.requests), Decimal::from(1_000))],
+            ("api_key", false) if *subject == key_b => vec![("tokens_per_day", Decimal::from(usage.tokens), Decimal::from(100_000))],
             _ => vec![],
         };
         for (metric, used, limit) in checks {
@@ -254,6 +273,7 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     assert!(judged.iter().any(|(_, _, subject, metric, _)| subject == "u3" && *metric == "requests_per_minute"), "the burst is a violation");
     assert!(judged.iter().any(|(_, _, subject, _, _)| subject == "crosser"), "the current minute's is too");
     assert!(judged.iter().any(|(_, _, subject, _, _)| subject == "batch"), "batch's day is over its tokens");
+    assert!(judged.iter().any(|(_, _, subject, _, _)| *subject == key_b), "key B's day is over its tokens");
     let range = format!("from={}&to={}", now - 3_600_000, now_ms() + 120_000);
     let mut pages = 0;
     let mut cursor = String::new();
@@ -264,7 +284,7 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
         pages += 1;
         for violation in page["violations"].as_array().unwrap() {
             let start = OffsetDateTime::parse(violation["window_start"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
-            let kind = if violation["subject_kind"] == "user" { "user" } else { "application" };
+            let kind = ["user", "application", "api_key"].into_iter().find(|kind| violation["subject_kind"] == *kind).unwrap();
             let metric = Metric::ALL.into_iter().find(|metric| violation["metric"] == metric.as_str()).unwrap().as_str();
             let entry = (start.unix_timestamp() as u32, kind, violation["subject"].as_str().unwrap().to_string(), metric, violation["over_by"].as_str().unwrap().to_string());
             assert!(answered.insert(entry), "a violation on two pages: {violation}");
@@ -281,7 +301,7 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     // windows are rebuilt whole from ClickHouse (not counted from the moment of the limit).
     let later = env.api_key("later").await;
     let minute = now_ms() / 60_000 * 60_000;
-    let before: Vec<Sent> = (0..30).map(|index| generation("z", "chat", minute + index * 10, 10, 1)).collect();
+    let before: Vec<Sent> = (0..30).map(|index| generation("-", "z", "chat", minute + index * 10, 10, 1)).collect();
     let body = json!({"events": before.iter().map(|event| event.body.clone()).collect::<Vec<_>>()});
     let response = env.http.post(format!("{ingest}/v1/events")).bearer_auth(&later).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200);

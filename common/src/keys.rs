@@ -86,10 +86,12 @@ pub fn parse_scopes(text: &str) -> Result<Vec<Scope>, KeyError> {
     Ok(scopes)
 }
 
-/// An authenticated key: its project and what it may do.
+/// An authenticated key: its project, its id (the `api_key` rate-limit subject, stamped on every
+/// generation it sends) and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub project: String,
+    pub key_id: Uuid,
     pub scopes: Vec<Scope>,
 }
 
@@ -369,8 +371,8 @@ impl Authenticator {
             }
         }
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        type KeyRow = (String, Option<time::OffsetDateTime>, Vec<String>, Option<time::OffsetDateTime>);
-        let row: Option<KeyRow> = sqlx::query_as("SELECT project_id, revoked_at, scopes, expires_at FROM api_keys WHERE key_hash = $1")
+        type KeyRow = (Uuid, String, Option<time::OffsetDateTime>, Vec<String>, Option<time::OffsetDateTime>);
+        let row: Option<KeyRow> = sqlx::query_as("SELECT id, project_id, revoked_at, scopes, expires_at FROM api_keys WHERE key_hash = $1")
             .bind(&hash[..])
             .fetch_optional(&self.pool)
             .await
@@ -381,13 +383,13 @@ impl Authenticator {
         let now = time::OffsetDateTime::now_utc();
         let (outcome, cacheable) = match row {
             None => (Err(AuthError::Unknown), true),
-            Some((_, Some(_), _, _)) => (Err(AuthError::Revoked), true),
-            Some((_, None, _, Some(at))) if at <= now => (Err(AuthError::Expired), true),
-            Some((project, None, scopes, expires_at)) => {
+            Some((_, _, Some(_), _, _)) => (Err(AuthError::Revoked), true),
+            Some((_, _, None, _, Some(at))) if at <= now => (Err(AuthError::Expired), true),
+            Some((key_id, project, None, scopes, expires_at)) => {
                 let scopes: Vec<Scope> = scopes.iter().filter_map(|scope| scope.parse().ok()).collect();
                 // A key that expires within the cache time is not cached: it stops at its expiry.
                 let ttl = time::Duration::try_from(self.ttl).unwrap_or(time::Duration::MAX);
-                (Ok(Principal { project, scopes }), expires_at.is_none_or(|at| at - now > ttl))
+                (Ok(Principal { project, key_id, scopes }), expires_at.is_none_or(|at| at - now > ttl))
             }
         };
         if cacheable {
@@ -409,7 +411,7 @@ mod tests {
         assert_eq!(parse_scopes("read, ingest,read").unwrap(), [Scope::Ingest, Scope::Read]);
         assert!(parse_scopes("write").is_err());
         assert!(parse_scopes(" , ").is_err());
-        let principal = Principal { project: "p".into(), scopes: vec![Scope::Ingest] };
+        let principal = Principal { project: "p".into(), key_id: Uuid::nil(), scopes: vec![Scope::Ingest] };
         assert!(principal.require(Scope::Ingest).is_ok());
         assert_eq!(principal.require(Scope::Read), Err(AuthError::InsufficientScope { needed: Scope::Read, held: "ingest".into() }));
     }
@@ -418,7 +420,7 @@ mod tests {
     fn unknown_keys_do_not_evict_known_ones() {
         let ttl = Duration::from_secs(60);
         let mut cache = KeyCache::default();
-        let known = Ok(Principal { project: "p".into(), scopes: vec![Scope::Read] });
+        let known = Ok(Principal { project: "p".into(), key_id: Uuid::nil(), scopes: vec![Scope::Read] });
         cache.put([1; 32], &known, ttl);
         for index in 0..(UNKNOWN_CAPACITY as u32 * 3) {
             let mut hash = [0u8; 32];

@@ -247,13 +247,17 @@ struct Prepared {
     message_index: Vec<usize>,
 }
 
-/// CPU-bound part of a request: decompress, parse, validate, encode.
-fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String, limits: Limits) -> Result<Prepared, BodyError> {
+/// CPU-bound part of a request: decompress, parse, validate, stamp the sending key on each
+/// generation (the `api_key` rate-limit subject), encode.
+fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String, key_id: String, limits: Limits) -> Result<Prepared, BodyError> {
     let decompressed = parse::decompress(&body, encoding.as_deref(), limits.max_body_bytes)?;
     let mut parsed = parse::parse_body(&decompressed, ndjson, &project, now_micros(), &limits)?;
     let mut messages = Vec::with_capacity(parsed.len());
     let mut message_index = Vec::with_capacity(parsed.len());
     for (position, event) in parsed.iter_mut().enumerate() {
+        if let Ok(Event::Generation(generation)) = &mut event.outcome {
+            generation.api_key_id = Some(key_id.clone());
+        }
         let Ok(decoded) = &event.outcome else { continue };
         let key = match decoded {
             Event::Generation(generation) => generation.trace_id.clone(),
@@ -284,6 +288,7 @@ async fn ingest_events(
     body: Body,
 ) -> Result<Response, ApiError> {
     let project = principal.project;
+    let key_id = principal.key_id.to_string();
     state.admission.precheck(&project).inspect_err(|_| state.metrics.refused.with_label_values(&["quota"]).inc())?;
     let limit = state.limits.max_body_bytes;
     let body = match tokio::time::timeout(state.admission.body_read_timeout, axum::body::to_bytes(body, limit)).await {
@@ -308,7 +313,7 @@ async fn ingest_events(
         let prepare_seconds = state.metrics.prepare_seconds.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let _timer = prepare_seconds.start_timer();
-            prepare(body, encoding, ndjson, project, limits)
+            prepare(body, encoding, ndjson, project, key_id, limits)
         })
             .await
             .map_err(|error| ApiError::internal("parsing the request", &error))?

@@ -35,9 +35,6 @@ pub const LIMITS_TTL: Duration = Duration::from_secs(5);
 /// The ClickHouse table of closed windows.
 pub const TABLE: &str = "rate_windows_batches";
 
-/// The subject kinds that have windows (events do not carry their API key yet).
-const WINDOWED: [SubjectKind; 2] = [SubjectKind::User, SubjectKind::Application];
-
 /// Redis for the live endpoint, connected on first use, and the limit histories it judges with.
 pub struct LiveReader {
     client: redis::Client,
@@ -98,15 +95,9 @@ impl FromRequestParts<Arc<QueryState>> for LiveAccess {
     }
 }
 
+/// Every subject kind has windows (`api_key` ones from events of Generation schema version 2 on).
 fn windowed_kind(value: &str) -> Result<SubjectKind, ApiError> {
-    let kind: SubjectKind = value.parse().map_err(|error: tally_common::subject_limits::LimitError| ApiError::bad_parameter("subject_kind", error.to_string()))?;
-    if !WINDOWED.contains(&kind) {
-        return Err(ApiError::bad_parameter(
-            "subject_kind",
-            "api_key windows are not kept yet (events do not carry the key that sent them); use user or application",
-        ));
-    }
-    Ok(kind)
+    value.parse().map_err(|error: tally_common::subject_limits::LimitError| ApiError::bad_parameter("subject_kind", error.to_string()))
 }
 
 /// A metric's quantity in a window: counts as integers, cost in USD.
@@ -289,7 +280,7 @@ pub async fn violations(
     }
     let kinds: Vec<SubjectKind> = match params.get("subject_kind") {
         Some(kind) => vec![windowed_kind(kind)?],
-        None => WINDOWED.to_vec(),
+        None => SubjectKind::ALL.to_vec(),
     };
     let page: usize = match params.get("limit") {
         Some(limit) => limit
@@ -441,6 +432,7 @@ mod tests {
         let usage = Usage { requests: 3, tokens: 40, cost: 1_500_000_000_000, unpriced_requests: 0 };
         assert_eq!(used(Metric::CostPerDay, &usage), Decimal::new(15, 1));
         assert_eq!(used(Metric::RequestsPerMinute, &usage), Decimal::from(3));
-        assert!(windowed_kind("api_key").unwrap_err().message.contains("not kept yet"));
+        assert_eq!(windowed_kind("api_key").unwrap(), SubjectKind::ApiKey);
+        assert!(windowed_kind("team").unwrap_err().message.contains("use user, application or api_key"));
     }
 }

@@ -59,6 +59,7 @@ fn realistic_generation() -> Generation {
             ("tenant".to_owned(), "acme-eu".to_owned()),
         ]),
         received_at_us: 1_764_140_402_500_000,
+        api_key_id: Some("5b1e0c7a-3f2d-4e8b-9a6c-1d2e3f4a5b6c".to_owned()),
     }
 }
 

@@ -120,6 +120,7 @@ pub(crate) fn generation_from_fields(mut fields: impl FieldSource) -> Result<Gen
         cache_similarity: fields.optional_double("cache_similarity")?,
         metadata: fields.string_map("metadata")?,
         received_at_us: fields.long("received_at_us")?,
+        api_key_id: fields.optional_string("api_key_id")?,
     };
     fields.finish()?;
     Ok(generation)

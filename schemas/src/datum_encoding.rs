@@ -83,6 +83,7 @@ pub(crate) fn write_generation(
     datum.optional_double(generation.cache_similarity);
     datum.string_map(&generation.metadata);
     datum.long(generation.received_at_us);
+    datum.optional_string(generation.api_key_id.as_deref());
     Ok(())
 }
 

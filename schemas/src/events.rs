@@ -3,7 +3,7 @@
 //!
 //! Why a separate module: ingest builds these from JSON, the processor reads them from Kafka, and
 //! neither should have to know how they travel. The field names, order and meaning mirror
-//! `generation.v1.avsc` and `agent_run.v1.avsc` exactly; the wire form lives in [`crate::codec`].
+//! `generation.v2.avsc` and `agent_run.v1.avsc` exactly; the wire form lives in [`crate::codec`].
 //!
 //! The serde derives here are the *JSON* form (enums as their lower-case symbols, `client_cost` as
 //! a decimal string), not the Avro form: the codec writes and reads the Avro binary datum itself
@@ -133,8 +133,8 @@ avro_symbol_enum! {
     }
 }
 
-/// One call to a language model. Mirrors `tally.v1.Generation` (`generation.v1.avsc`), whose field
-/// docs are the reference for each field's meaning.
+/// One call to a language model. Mirrors the current `tally.v1.Generation`
+/// (`generation.v2.avsc`), whose field docs are the reference for each field's meaning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
     /// Client-generated UUID of this event, as text.
@@ -174,6 +174,10 @@ pub struct Generation {
     pub metadata: BTreeMap<String, String>,
     /// When ingest accepted the event, epoch microseconds, UTC.
     pub received_at_us: i64,
+    /// Id of the API key that sent the event (schema version 2); set by ingest, never by the
+    /// client. `None` in events written with version 1.
+    #[serde(default)]
+    pub api_key_id: Option<String>,
 }
 
 /// A state report of one agent run. Mirrors `tally.v1.AgentRun` (`agent_run.v1.avsc`).

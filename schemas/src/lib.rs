@@ -6,8 +6,8 @@
 //! into the other together means a change to any of them is tested against the others here.
 //!
 //! # Layout
-//! - `generation.v1.avsc`, `agent_run.v1.avsc` (crate root): the schemas, embedded with
-//!   `include_str!`. Their field docs are the reference for each field's meaning.
+//! - `generation.v1.avsc`, `generation.v2.avsc` (current), `agent_run.v1.avsc` (crate root): the
+//!   schemas, embedded with `include_str!`. Their field docs are the reference for each field's meaning.
 //! - [`events`]: [`Generation`], [`AgentRun`], [`Event`] and their enums.
 //! - [`codec`]: [`encode`] / [`decode`]: Avro single-object encoding (`C3 01`, 8-byte
 //!   little-endian schema fingerprint, binary datum).
@@ -43,5 +43,6 @@ pub use events::{
 };
 pub use schema_registry::{
     agent_run_schema, fingerprint_of, generation_schema, SchemaRegistry, AGENT_RUN_V1_AVSC,
-    AGENT_RUN_V1_FINGERPRINT, GENERATION_V1_AVSC, GENERATION_V1_FINGERPRINT,
+    AGENT_RUN_V1_FINGERPRINT, GENERATION_V1_AVSC, GENERATION_V1_FINGERPRINT, GENERATION_V2_AVSC,
+    GENERATION_V2_FINGERPRINT,
 };

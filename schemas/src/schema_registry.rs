@@ -21,8 +21,11 @@ use apache_avro::Schema;
 use crate::events::EventKind;
 use crate::fingerprint::{apache_avro_fingerprint, spec_fingerprint, CanonicalFormError};
 
-/// `tally.v1.Generation`, as embedded in the binary.
+/// `tally.v1.Generation` version 1, as embedded in the binary (still read: messages written by
+/// older producers, and archives).
 pub const GENERATION_V1_AVSC: &str = include_str!("../generation.v1.avsc");
+/// `tally.v1.Generation` version 2 (version 1 plus `api_key_id`), the current one.
+pub const GENERATION_V2_AVSC: &str = include_str!("../generation.v2.avsc");
 /// `tally.v1.AgentRun`, as embedded in the binary.
 pub const AGENT_RUN_V1_AVSC: &str = include_str!("../agent_run.v1.avsc");
 
@@ -31,6 +34,8 @@ pub const AGENT_RUN_V1_AVSC: &str = include_str!("../agent_run.v1.avsc");
 /// which must never happen; add a v2 file instead. (Editing a `doc` is fine: docs are not part
 /// of the canonical form.)
 pub const GENERATION_V1_FINGERPRINT: u64 = 0x1d54_4115_b656_e3b8;
+/// Spec fingerprint of `generation.v2.avsc`; frozen like [`GENERATION_V1_FINGERPRINT`].
+pub const GENERATION_V2_FINGERPRINT: u64 = 0x7782_1a24_8ced_0516;
 /// Spec fingerprint of `agent_run.v1.avsc`; see [`GENERATION_V1_FINGERPRINT`].
 pub const AGENT_RUN_V1_FINGERPRINT: u64 = 0xe02e_092e_a2a4_2a7c;
 
@@ -41,6 +46,7 @@ pub const AGENT_RUN_V1_FINGERPRINT: u64 = 0xe02e_092e_a2a4_2a7c;
 /// `datum_decoding`) and the test reference encoder (`tests/support/apache_avro_reference.rs`).
 const KNOWN_SCHEMA_FILES: &[(EventKind, u32, &str)] = &[
     (EventKind::Generation, 1, GENERATION_V1_AVSC),
+    (EventKind::Generation, 2, GENERATION_V2_AVSC),
     (EventKind::AgentRun, 1, AGENT_RUN_V1_AVSC),
 ];
 
@@ -284,9 +290,17 @@ pub fn agent_run_schema() -> &'static Schema {
 /// The fingerprint the encoder writes in the header of a message of `kind`.
 pub const fn fingerprint_of(kind: EventKind) -> u64 {
     match kind {
-        EventKind::Generation => GENERATION_V1_FINGERPRINT,
+        EventKind::Generation => GENERATION_V2_FINGERPRINT,
         EventKind::AgentRun => AGENT_RUN_V1_FINGERPRINT,
     }
+}
+
+/// Version `version` of `kind`, if compiled in.
+pub fn builtin_version(kind: EventKind, version: u32) -> Option<&'static WriterSchema> {
+    SchemaRegistry::builtin()
+        .writer_schemas
+        .iter()
+        .find(|writer_schema| writer_schema.kind == kind && writer_schema.version == version)
 }
 
 #[cfg(test)]
@@ -294,13 +308,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn v1_fingerprints_are_frozen() {
+    fn fingerprints_are_frozen() {
+        let generation_v1 = builtin_version(EventKind::Generation, 1).unwrap();
         assert_eq!(
-            current_schema(EventKind::Generation).fingerprint,
+            generation_v1.fingerprint,
             GENERATION_V1_FINGERPRINT,
             "generation.v1.avsc changed its wire format: {:#018x}",
+            generation_v1.fingerprint
+        );
+        assert_eq!(
+            current_schema(EventKind::Generation).fingerprint,
+            GENERATION_V2_FINGERPRINT,
+            "generation.v2.avsc changed its wire format: {:#018x}",
             current_schema(EventKind::Generation).fingerprint
         );
+        assert_eq!(current_schema(EventKind::Generation).version, 2);
         assert_eq!(
             current_schema(EventKind::AgentRun).fingerprint,
             AGENT_RUN_V1_FINGERPRINT,
@@ -319,7 +341,7 @@ mod tests {
     fn v1_canonical_forms_follow_the_specification() {
         use crate::fingerprint::parsing_canonical_form;
         assert_eq!(
-            parsing_canonical_form(generation_schema()).unwrap(),
+            parsing_canonical_form(&builtin_version(EventKind::Generation, 1).unwrap().schema).unwrap(),
             r#"{"name":"tally.v1.Generation","type":"record","fields":[{"name":"event_id","type":"string"},{"name":"project_id","type":"string"},{"name":"trace_id","type":"string"},{"name":"span_id","type":["null","string"]},{"name":"parent_span_id","type":["null","string"]},{"name":"agent_run_id","type":["null","string"]},{"name":"application","type":"string"},{"name":"environment","type":"string"},{"name":"user_id","type":["null","string"]},{"name":"session_id","type":["null","string"]},{"name":"provider","type":"string"},{"name":"model","type":"string"},{"name":"start_time_us","type":"long"},{"name":"duration_us","type":"long"},{"name":"time_to_first_token_us","type":["null","long"]},{"name":"input_tokens","type":"long"},{"name":"output_tokens","type":"long"},{"name":"cache_read_input_tokens","type":"long"},{"name":"cache_creation_input_tokens","type":"long"},{"name":"reasoning_tokens","type":"long"},{"name":"client_cost","type":["null","bytes"]},{"name":"status","type":{"name":"tally.v1.GenerationStatus","type":"enum","symbols":["ok","error"]}},{"name":"error_type","type":["null","string"]},{"name":"cache_status","type":{"name":"tally.v1.CacheStatus","type":"enum","symbols":["none","miss","hit","semantic_hit"]}},{"name":"cache_similarity","type":["null","double"]},{"name":"metadata","type":{"type":"map","values":"string"}},{"name":"received_at_us","type":"long"}]}"#
         );
         assert_eq!(
@@ -336,6 +358,17 @@ mod tests {
         );
     }
 
+    /// Version 2 is version 1 with one field appended, and nothing else changed.
+    #[test]
+    fn v2_canonical_form_is_v1_plus_api_key_id() {
+        use crate::fingerprint::parsing_canonical_form;
+        let v1 = parsing_canonical_form(&builtin_version(EventKind::Generation, 1).unwrap().schema)
+            .unwrap();
+        let v2 = parsing_canonical_form(generation_schema()).unwrap();
+        let v1_fields = v1.strip_suffix("]}").unwrap();
+        assert_eq!(v2, format!(r#"{v1_fields},{{"name":"api_key_id","type":["null","string"]}}]}}"#));
+    }
+
     /// apache-avro's own fingerprints differ (logical types), and are accepted as aliases.
     #[test]
     fn apache_avro_fingerprints_are_known_aliases() {
@@ -345,7 +378,7 @@ mod tests {
             let found = SchemaRegistry::builtin()
                 .writer_schema(current.apache_avro_fingerprint)
                 .unwrap();
-            assert_eq!((found.kind, found.version), (kind, 1));
+            assert_eq!((found.kind, found.version), (kind, current.version));
         }
     }
 

@@ -1,6 +1,9 @@
-//! Schema evolution: a v2 of Generation (`tests/generation.v2.avsc`: v1 plus `service_tier`,
-//! `["null","string"]` with default null, appended) and v1 read each other's data through Avro
-//! schema resolution, both with apache-avro directly and through the codec's registry.
+//! Schema evolution, both ways, with apache-avro directly and through the codec's registry:
+//! - the real one: `generation.v1.avsc` messages (written before `api_key_id`) are read by the
+//!   current reader (`generation.v2.avsc`) with `api_key_id = None`;
+//! - a next version (`tests/generation.v3.avsc`, a fixture: the current schema plus
+//!   `service_tier`, `["null","string"]` with default null, appended) and the current one read each
+//!   other's data.
 
 mod support;
 
@@ -14,10 +17,10 @@ use tally_schemas::{
     SchemaRegistry,
 };
 
-const GENERATION_V2_AVSC: &str = include_str!("generation.v2.avsc");
+const GENERATION_V3_AVSC: &str = include_str!("generation.v3.avsc");
 
-fn generation_v2_schema() -> Schema {
-    Schema::parse_str(GENERATION_V2_AVSC).unwrap()
+fn generation_v3_schema() -> Schema {
+    Schema::parse_str(GENERATION_V3_AVSC).unwrap()
 }
 
 fn record_fields(value: Value) -> Vec<(String, Value)> {
@@ -27,64 +30,93 @@ fn record_fields(value: Value) -> Vec<(String, Value)> {
     }
 }
 
-/// A v2 datum: the v1 fields, then service_tier.
-fn generation_v2_datum(service_tier: Option<&str>) -> Vec<u8> {
+/// A v3 datum: the current fields, then service_tier.
+fn generation_v3_datum(service_tier: Option<&str>) -> Vec<u8> {
     let mut fields = record_fields(generation_as_avro_value(&sample_generation()));
     let tier = match service_tier {
         None => Value::Union(0, Box::new(Value::Null)),
         Some(tier) => Value::Union(1, Box::new(Value::String(tier.to_owned()))),
     };
     fields.push(("service_tier".to_owned(), tier));
-    to_avro_datum(&generation_v2_schema(), Value::Record(fields)).unwrap()
+    to_avro_datum(&generation_v3_schema(), Value::Record(fields)).unwrap()
 }
 
 #[test]
-fn v2_only_appends_a_field_with_a_default() {
-    let Schema::Record(v1) = generation_schema() else {
+fn v3_only_appends_a_field_with_a_default() {
+    let Schema::Record(v2) = generation_schema() else {
         panic!()
     };
-    let Schema::Record(v2) = generation_v2_schema() else {
+    let Schema::Record(v3) = generation_v3_schema() else {
         panic!()
     };
     assert_eq!(
-        v2.name, v1.name,
+        v3.name, v2.name,
         "resolution needs the same record full name"
     );
-    assert_eq!(v2.fields.len(), v1.fields.len() + 1);
-    for (old, new) in v1.fields.iter().zip(&v2.fields) {
+    assert_eq!(v3.fields.len(), v2.fields.len() + 1);
+    for (old, new) in v2.fields.iter().zip(&v3.fields) {
         assert_eq!((&old.name, &old.schema), (&new.name, &new.schema));
     }
-    let added = v2.fields.last().unwrap();
+    let added = v3.fields.last().unwrap();
     assert_eq!(added.name, "service_tier");
     assert!(added
         .default
         .as_ref()
         .is_some_and(|default| default.is_null()));
     assert_ne!(
-        spec_fingerprint(&generation_v2_schema()).unwrap(),
-        tally_schemas::GENERATION_V1_FINGERPRINT
+        spec_fingerprint(&generation_v3_schema()).unwrap(),
+        tally_schemas::GENERATION_V2_FINGERPRINT
+    );
+}
+
+/// A message of the first version (no `api_key_id`), as producers older than version 2 wrote it
+/// and as the topic and archives still hold, is decoded with `api_key_id = None`.
+#[test]
+fn v1_message_is_decoded_with_no_api_key() {
+    let v1_schema = Schema::parse_str(tally_schemas::GENERATION_V1_AVSC).unwrap();
+    let mut fields = record_fields(generation_as_avro_value(&sample_generation()));
+    let (name, _) = fields.pop().unwrap();
+    assert_eq!(name, "api_key_id");
+    let mut message = vec![0xC3, 0x01];
+    message.extend_from_slice(&tally_schemas::GENERATION_V1_FINGERPRINT.to_le_bytes());
+    message.extend(to_avro_datum(&v1_schema, Value::Record(fields)).unwrap());
+
+    let expected = tally_schemas::Generation {
+        api_key_id: None,
+        ..sample_generation()
+    };
+    assert_eq!(decode(&message).unwrap(), Event::Generation(expected));
+    // The current encoder writes version 2, with the key.
+    let current = encode_to_vec(&Event::Generation(sample_generation())).unwrap();
+    assert_eq!(
+        current[2..10],
+        tally_schemas::GENERATION_V2_FINGERPRINT.to_le_bytes()
+    );
+    assert_eq!(
+        decode(&current).unwrap(),
+        Event::Generation(sample_generation())
     );
 }
 
 /// Old data, new reader: the missing field takes its default. Uses the registry's decoding
 /// forms of the schemas (decimals as plain bytes), as the codec does; see the next test.
 #[test]
-fn v1_message_is_read_by_a_v2_reader_with_the_default_filled_in() {
+fn current_message_is_read_by_a_v3_reader_with_the_default_filled_in() {
     let mut registry = SchemaRegistry::builtin_copy();
-    let v2_fingerprint = registry
-        .add_writer_schema(EventKind::Generation, 2, GENERATION_V2_AVSC)
+    let v3_fingerprint = registry
+        .add_writer_schema(EventKind::Generation, 3, GENERATION_V3_AVSC)
         .unwrap()
         .fingerprint;
-    let v1 = registry
-        .writer_schema(tally_schemas::GENERATION_V1_FINGERPRINT)
+    let v2 = registry
+        .writer_schema(tally_schemas::GENERATION_V2_FINGERPRINT)
         .unwrap();
-    let v2 = registry.writer_schema(v2_fingerprint).unwrap();
+    let v3 = registry.writer_schema(v3_fingerprint).unwrap();
 
     let message = encode_to_vec(&Event::Generation(sample_generation())).unwrap();
     let resolved = from_avro_datum(
-        &v1.decoding_schema,
+        &v2.decoding_schema,
         &mut &message[10..],
-        Some(&v2.decoding_schema),
+        Some(&v3.decoding_schema),
     )
     .unwrap();
     let mut fields = record_fields(resolved);
@@ -121,7 +153,7 @@ fn apache_avro_resolution_refuses_minimally_encoded_decimals() {
     let error = from_avro_datum(
         generation_schema(),
         &mut &message[10..],
-        Some(&generation_v2_schema()),
+        Some(&generation_v3_schema()),
     )
     .unwrap_err();
     assert!(
@@ -138,17 +170,17 @@ fn apache_avro_resolution_refuses_minimally_encoded_decimals() {
     from_avro_datum(
         generation_schema(),
         &mut &message[10..],
-        Some(&generation_v2_schema()),
+        Some(&generation_v3_schema()),
     )
     .unwrap();
 }
 
 /// New data, old reader: the extra field is skipped.
 #[test]
-fn v2_datum_is_read_by_the_v1_reader_without_the_new_field() {
-    let datum = generation_v2_datum(Some("priority"));
+fn v3_datum_is_read_by_the_current_reader_without_the_new_field() {
+    let datum = generation_v3_datum(Some("priority"));
     let resolved = from_avro_datum(
-        &generation_v2_schema(),
+        &generation_v3_schema(),
         &mut datum.as_slice(),
         Some(generation_schema()),
     )
@@ -156,32 +188,32 @@ fn v2_datum_is_read_by_the_v1_reader_without_the_new_field() {
     assert_eq!(resolved, generation_as_avro_value(&sample_generation()));
 }
 
-/// The same through the codec: a v2 message is unknown to the built-in registry, and registering
-/// the v2 writer schema (one call, or one line in the crate for a built-in version) is all it
-/// takes for the v1 decoder to read it.
+/// The same through the codec: a v3 message is unknown to the built-in registry, and registering
+/// the v3 writer schema (one call, or one line in the crate for a built-in version) is all it
+/// takes for the current decoder to read it.
 #[test]
-fn codec_decodes_v2_messages_once_v2_is_registered() {
-    let v2_fingerprint = spec_fingerprint(&generation_v2_schema()).unwrap();
+fn codec_decodes_v3_messages_once_v3_is_registered() {
+    let v3_fingerprint = spec_fingerprint(&generation_v3_schema()).unwrap();
     let mut message = vec![0xC3, 0x01];
-    message.extend_from_slice(&v2_fingerprint.to_le_bytes());
-    message.extend(generation_v2_datum(Some("flex")));
+    message.extend_from_slice(&v3_fingerprint.to_le_bytes());
+    message.extend(generation_v3_datum(Some("flex")));
 
     assert!(matches!(
         decode(&message),
-        Err(DecodeError::UnknownFingerprint { fingerprint }) if fingerprint == v2_fingerprint
+        Err(DecodeError::UnknownFingerprint { fingerprint }) if fingerprint == v3_fingerprint
     ));
 
     let mut registry = SchemaRegistry::builtin_copy();
     let registered = registry
-        .add_writer_schema(EventKind::Generation, 2, GENERATION_V2_AVSC)
+        .add_writer_schema(EventKind::Generation, 3, GENERATION_V3_AVSC)
         .unwrap();
-    assert_eq!(registered.fingerprint, v2_fingerprint);
+    assert_eq!(registered.fingerprint, v3_fingerprint);
     assert_eq!(
         decode_with_registry(&message, &registry).unwrap(),
         Event::Generation(sample_generation())
     );
 
-    // v1 messages still decode through the extended registry.
+    // Current messages still decode through the extended registry.
     let v1_message = encode_to_vec(&Event::Generation(sample_generation())).unwrap();
     assert_eq!(
         decode_with_registry(&v1_message, &registry).unwrap(),
@@ -189,16 +221,17 @@ fn codec_decodes_v2_messages_once_v2_is_registered() {
     );
 }
 
-/// A v2 datum whose record was cut short must not pass as v1 with the field skipped.
+/// A v3 datum whose record was cut short must not pass as the current version with the field
+/// skipped.
 #[test]
-fn truncated_v2_message_is_an_error() {
+fn truncated_v3_message_is_an_error() {
     let mut registry = SchemaRegistry::builtin_copy();
-    let v2 = registry
-        .add_writer_schema(EventKind::Generation, 2, GENERATION_V2_AVSC)
+    let v3 = registry
+        .add_writer_schema(EventKind::Generation, 3, GENERATION_V3_AVSC)
         .unwrap();
     let mut message = vec![0xC3, 0x01];
-    message.extend_from_slice(&v2.fingerprint.to_le_bytes());
-    message.extend(generation_v2_datum(Some("flex")));
+    message.extend_from_slice(&v3.fingerprint.to_le_bytes());
+    message.extend(generation_v3_datum(Some("flex")));
     // service_tier is the last 6 bytes: union branch, string length, "flex". Cutting all 6 leaves
     // a message that apache-avro alone would read as service_tier = null.
     for cut in 1..=6 {
@@ -207,7 +240,7 @@ fn truncated_v2_message_is_an_error() {
             matches!(
                 decode_with_registry(truncated, &registry),
                 Err(DecodeError::MalformedDatum {
-                    writer_version: 2,
+                    writer_version: 3,
                     ..
                 })
             ),

@@ -411,6 +411,8 @@ impl<'a> EventFields<'a, '_> {
             cache_similarity,
             metadata: self.metadata()?,
             received_at_us: self.context.received_at_us,
+            // Stamped by the handler from the authenticated key (`prepare`), never from the body.
+            api_key_id: None,
         })
     }
 

@@ -172,6 +172,7 @@ pub(crate) mod tests {
             cache_similarity: None,
             metadata: Default::default(),
             received_at_us: start_time_us,
+            api_key_id: None,
         }
     }
 

@@ -9,8 +9,8 @@
 //!
 //! Subjects (the kinds of `tally_common::subject_limits::SubjectKind`): `user` is the
 //! generation's `user_id` (generations without one have no user window), `application` its
-//! application. `api_key` windows need the key on the event, which the Avro schema does not
-//! carry yet. Tokens are `input_tokens + output_tokens`, as gateways count them against a
+//! application, `api_key` the id of the key that sent it (`api_key_id`, stamped by ingest since
+//! Generation schema version 2; older events have no key window). Tokens are `input_tokens + output_tokens`, as gateways count them against a
 //! tokens-per-minute limit; every generation is a request, response-cache hits included (the
 //! gateway served them). Cost is the generation's cost as the rollup prices it; a generation
 //! without a price counts in `unpriced_requests` and adds nothing to `cost`.
@@ -24,6 +24,7 @@ use super::{Batch, ClickHouseOutput, DerivedOutput};
 /// The subject kinds a generation has windows for, as stored in `subject_kind`.
 pub const USER: &str = "user";
 pub const APPLICATION: &str = "application";
+pub const API_KEY: &str = "api_key";
 
 /// The start (epoch seconds) of the minute of `start_time_us`.
 pub fn minute_of(start_time_us: i64) -> u32 {
@@ -92,7 +93,8 @@ impl DerivedOutput for RateWindows {
             let generation = priced.generation;
             let minute = minute_of(generation.start_time_us);
             let user = generation.user_id.as_deref().filter(|user| !user.is_empty());
-            let subjects = [(APPLICATION, Some(generation.application.as_str())), (USER, user)];
+            let api_key = generation.api_key_id.as_deref().filter(|key| !key.is_empty());
+            let subjects = [(APPLICATION, Some(generation.application.as_str())), (USER, user), (API_KEY, api_key)];
             let cost = priced.cost.map(to_decimal128);
             for (subject_kind, subject) in subjects {
                 let Some(subject) = subject else { continue };
@@ -153,7 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn generations_count_in_their_minute_per_user_and_application() {
+    fn generations_count_in_their_minute_per_user_application_and_key() {
         let price = ModelPrice {
             provider: "openai".into(),
             model_pattern: "m".into(),
@@ -169,11 +171,15 @@ mod tests {
             g.output_tokens = output;
             g
         };
+        let with_key = |mut g: Generation, key: &str| {
+            g.api_key_id = Some(key.to_owned());
+            g
+        };
         let mut unpriced = with_user(generation(3, MINUTE_US + 5_000_000, 7, None), Some("u1"), 0);
         unpriced.model = "unknown".into();
         let events = [
-            with_user(generation(0, MINUTE_US, 100, None), Some("u1"), 50),
-            with_user(generation(1, MINUTE_US + 59_999_999, 200, None), Some("u2"), 0),
+            with_key(with_user(generation(0, MINUTE_US, 100, None), Some("u1"), 50), "k1"),
+            with_key(with_user(generation(1, MINUTE_US + 59_999_999, 200, None), Some("u2"), 0), "k1"),
             // The next minute, and no user: only the application's window.
             with_user(generation(2, MINUTE_US + 60_000_000, 300, None), None, 0),
             unpriced,
@@ -190,6 +196,7 @@ mod tests {
         assert_eq!(
             summary,
             [
+                ("api_key", "k1", minute, 2, 100 + 50 + 200, cost(100, 50) + cost(200, 0), 0),
                 ("application", "a", minute, 3, 100 + 50 + 200 + 7, cost(100, 50) + cost(200, 0), 1),
                 ("application", "a", minute + 60, 1, 300, cost(300, 0), 0),
                 ("user", "u1", minute, 2, 157, cost(100, 50), 1),

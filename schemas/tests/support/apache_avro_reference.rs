@@ -87,6 +87,7 @@ fn encode_generation(
         cache_similarity: generation.cache_similarity,
         metadata: &generation.metadata,
         received_at_us: generation.received_at_us,
+        api_key_id: generation.api_key_id.as_deref(),
     };
     out.extend_from_slice(&single_object_header(EventKind::Generation));
     apache_avro::write_avro_datum_ref(generation_schema(), &view, out)
@@ -154,6 +155,7 @@ struct GenerationAvroView<'a> {
     cache_similarity: Option<f64>,
     metadata: &'a BTreeMap<String, String>,
     received_at_us: i64,
+    api_key_id: Option<&'a str>,
 }
 
 /// `AgentRun` as apache-avro's serializer must see it; see [`GenerationAvroView`].

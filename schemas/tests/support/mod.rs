@@ -48,6 +48,7 @@ pub fn sample_generation() -> Generation {
             ("tenant".to_owned(), "acme-eu".to_owned()),
         ]),
         received_at_us: 1_764_140_402_500_000,
+        api_key_id: Some("5b1e0c7a-3f2d-4e8b-9a6c-1d2e3f4a5b6c".to_owned()),
     }
 }
 
@@ -151,6 +152,7 @@ pub fn any_generation() -> impl Strategy<Value = Generation> {
         prop::option::of(any_finite_double()),
         any_metadata(),
         any_long(),
+        prop::option::of(any_text()),
     );
     (identity, measures, outcome).prop_map(
         |(
@@ -179,7 +181,7 @@ pub fn any_generation() -> impl Strategy<Value = Generation> {
                 reasoning_tokens,
                 client_cost,
             ),
-            (status, error_type, cache_status, cache_similarity, metadata, received_at_us),
+            (status, error_type, cache_status, cache_similarity, metadata, received_at_us, api_key_id),
         )| Generation {
             event_id,
             project_id,
@@ -208,6 +210,7 @@ pub fn any_generation() -> impl Strategy<Value = Generation> {
             cache_similarity,
             metadata,
             received_at_us,
+            api_key_id,
         },
     )
 }
@@ -374,6 +377,10 @@ pub fn generation_as_avro_value(generation: &Generation) -> Value {
         (
             "received_at_us".into(),
             Value::TimestampMicros(generation.received_at_us),
+        ),
+        (
+            "api_key_id".into(),
+            nullable(generation.api_key_id, Value::String),
         ),
     ])
 }
