@@ -41,6 +41,7 @@ pub const POSTGRES: &[MigrationFile] = &[
     migration!("postgres", "0002_event_keys.sql"),
     migration!("postgres", "0003_key_scopes.sql"),
     migration!("postgres", "0004_subject_limits.sql"),
+    migration!("postgres", "0005_grafana_reader.sql"),
 ];
 
 /// ClickHouse migrations, in order. `{db}` is replaced by the configured database name.
