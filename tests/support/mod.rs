@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod dashboards;
 pub mod truth;
 
 use std::future::Future;
@@ -161,14 +162,19 @@ impl TestEnv {
         keys::create_key(&self.pool, project).await.expect("create key").key
     }
 
-    /// Stops the services and drops the databases and topics this environment created.
-    pub async fn cleanup(mut self) {
-        for token in &self.tokens {
+    /// Stops the services started so far and waits for them (up to 20 s each).
+    pub async fn stop_services(&mut self) {
+        for token in self.tokens.drain(..) {
             token.cancel();
         }
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
         }
+    }
+
+    /// Stops the services and drops the databases and topics this environment created.
+    pub async fn cleanup(mut self) {
+        self.stop_services().await;
         self.pool.close().await;
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.pg_database)).execute(&mut admin).await;
