@@ -8,7 +8,9 @@
 //! with every variable at All and once with one value each. Each answer must have the shape its
 //! panel needs (a time series a `time` DateTime column and numbers; a stat one row of numbers; a
 //! table its columns), and must not be empty; the stat panels' totals must equal the test's own
-//! sums. The Postgres panel runs as the read-only role `tally_grafana`, which must not see the
+//! sums, and the windows the rate-limit dashboard judges over their limit must be the violations
+//! of `GET /v1/ratelimits/violations`. The JSON must be what `deploy/grafana/build-dashboards.py`
+//! writes. The Postgres panel runs as the read-only role `tally_grafana`, which must not see the
 //! API keys. The Prometheus panels' expressions are checked by `promtool check rules`, and every
 //! metric they name must be in docs/metrics.md.
 
@@ -44,6 +46,9 @@ fn check_shape(what: &str, kind: &str, answer: &Answer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_runs_and_answers_what_its_panel_draws() {
+    // The JSON files are what the generator writes (standard-library Python).
+    let generated = std::process::Command::new("python3").arg("deploy/grafana/build-dashboards.py").arg("--check").output().expect("python3");
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
     let mut env = TestEnv::new().await;
     let (sent, passes) = load_traffic(&mut env, PROJECT).await;
     let total = sent.len() as f64;
@@ -65,6 +70,7 @@ async fn every_dashboard_query_runs_and_answers_what_its_panel_draws() {
     ];
 
     let mut ran = 0;
+    let mut minute_violations = None;
     let mut promql = Vec::new();
     let dashboards = read_dashboards();
     assert_eq!(dashboards.len(), 4, "the costs, cache, rate-limit and pipeline dashboards");
@@ -105,6 +111,9 @@ async fn every_dashboard_query_runs_and_answers_what_its_panel_draws() {
                             let expanded = expansion.expand(sql, single_quote);
                             let answer = run_clickhouse(&env, &expanded).await.unwrap_or_else(|error| panic!("{what}: {error}\n{expanded}"));
                             check_shape(&what, kind, &answer);
+                            if title == "Minute windows over their limit" && *pass == "all" {
+                                minute_violations = Some(answer.rows.iter().filter(|row| row[1] == "requests_per_minute").map(|row| number(&row[2])).sum::<f64>());
+                            }
                             if kind == "stat" {
                                 let value = number(&answer.rows[0][0]);
                                 // With every variable at All, each stat has something to count.
@@ -121,7 +130,7 @@ async fn every_dashboard_query_runs_and_answers_what_its_panel_draws() {
                         let mut transaction = env.pool.begin().await.unwrap();
                         sqlx::query("SET LOCAL ROLE tally_grafana").execute(&mut *transaction).await.unwrap();
                         let rows = sqlx::query(&sql).fetch_all(&mut *transaction).await.unwrap_or_else(|error| panic!("{file}: {title}: {error}\n{sql}"));
-                        assert_eq!(rows.len(), 2, "{file}: {title}: the two limits in force");
+                        assert_eq!(rows.len(), 2, "{file}: {title}: the two limits in force (u2's own was deleted)");
                         let refused = sqlx::query("SELECT count(*) FROM api_keys").fetch_one(&mut *transaction).await;
                         assert!(refused.is_err_and(|error| error.to_string().contains("permission denied")), "tally_grafana must not read api_keys");
                         transaction.rollback().await.unwrap();
@@ -136,6 +145,21 @@ async fn every_dashboard_query_runs_and_answers_what_its_panel_draws() {
             }
         }
     }
+
+    // The dashboard judges windows as the violations endpoint does: u2's burst under its own
+    // limit is not a violation, its burst after that limit was deleted is, and so is u3's.
+    let query = env.start_query_api().await;
+    let key = env.api_key(PROJECT).await;
+    let range = format!("from={}&to={}", passes[0].1.from * 1_000, passes[0].1.to * 1_000);
+    let url = format!("{query}/v1/ratelimits/violations?{range}&subject_kind=user&limit=100");
+    let answer: Value = env.http.get(&url).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let violations: Vec<&Value> = answer["violations"].as_array().unwrap_or_else(|| panic!("{answer}")).iter().collect();
+    assert!(answer["next_cursor"].is_null(), "{answer}");
+    let mut per_minute: Vec<&str> =
+        violations.iter().filter(|violation| violation["metric"] == "requests_per_minute").map(|violation| violation["subject"].as_str().unwrap()).collect();
+    per_minute.sort_unstable();
+    assert_eq!(per_minute, ["u2", "u3"], "{answer}");
+    assert_eq!(minute_violations, Some(per_minute.len() as f64), "the dashboard's minute windows over their limit");
 
     // The Prometheus expressions: valid PromQL (as recording rules for promtool), and only
     // documented metrics.

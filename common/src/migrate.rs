@@ -51,6 +51,7 @@ pub const CLICKHOUSE: &[MigrationFile] = &[
     migration!("clickhouse", "0003_probe_tables.sql"),
     migration!("clickhouse", "0004_cache_stats.sql"),
     migration!("clickhouse", "0005_rate_windows.sql"),
+    migration!("clickhouse", "0006_subject_limits.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,7 @@ pub mod compaction;
 pub mod consumer;
 pub mod derived;
 pub mod dlq;
+pub mod limits_mirror;
 pub mod live_windows;
 pub mod metrics;
 pub mod prices;
@@ -114,6 +115,8 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     }
     let every = Duration::from_millis(config.processor.live_window_reconcile_ms);
     tokio::spawn(live_windows::run_reconciler(live.clone(), state.pool.clone(), config.kafka.topic.clone(), every, shutdown.clone()));
+    // The limits for the dashboards' SQL, at the reconciler's pace.
+    tokio::spawn(limits_mirror::run(state.pool.clone(), state.clickhouse.clone(), every, shutdown.clone()));
 
     let group = consumer::create_consumer(&config, state.metrics.clone())?;
     let sink = new_sink(&config, &state, live)?;

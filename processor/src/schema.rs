@@ -21,6 +21,7 @@ pub async fn check(client: &clickhouse::Client) -> Result<(), SchemaError> {
     check_output::<CostRollup>(client).await?;
     check_output::<CacheStats>(client).await?;
     check_output::<RateWindows>(client).await?;
+    check_columns::<crate::limits_mirror::MirroredLimit>(client, crate::limits_mirror::TABLE).await?;
     check_columns::<MarkerWrite>(client, MARKER_TABLE).await
 }
 

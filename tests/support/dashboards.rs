@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tally_common::subject_limits::{set_limit, LimitKey, Metric, SubjectKind};
 use time::OffsetDateTime;
 
 use super::{eventually, TestEnv};
@@ -121,8 +120,11 @@ pub struct Sent {
     pub cache_status: &'static str,
 }
 
+/// 600 generations over the 5 hours before `now_ms`, then three bursts of 25 requests in one
+/// minute each: u2 at 4 h ago (under its own limit of 30 then), u2 at 2 h ago (its own limit
+/// deleted: over the default of 20) and u3 at 90 minutes ago (over the default).
 pub fn traffic(now_ms: i64) -> Vec<Sent> {
-    (0..600)
+    let mut sent: Vec<Sent> = (0..600)
         .map(|index: i64| {
             let application = ["chat", "search"][(index % 2) as usize];
             let environment = ["production", "staging"][(index % 3 % 2) as usize];
@@ -145,7 +147,17 @@ pub fn traffic(now_ms: i64) -> Vec<Sent> {
             }
             Sent { body, application, priced, cost_micros: if priced { input * 2 + output * 10 } else { 0 }, cache_status }
         })
-        .collect()
+        .collect();
+    for (user, minutes_ago) in [("u2", 240), ("u2", 120), ("u3", 90)] {
+        let minute = (now_ms - minutes_ago * 60_000) / 60_000 * 60_000;
+        for index in 0..25 {
+            let body = json!({"type": "generation", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": "burst", "provider": "testco",
+                "model": "alpha", "application": "chat", "environment": "production", "user_id": user, "start_time": minute + index * 1_000,
+                "duration_ms": 50, "input_tokens": 10, "output_tokens": 1});
+            sent.push(Sent { body, application: "chat", priced: true, cost_micros: 10 * 2 + 10, cache_status: "none" });
+        }
+    }
+    sent
 }
 
 pub fn read_dashboards() -> Vec<(String, Value)> {
@@ -191,9 +203,28 @@ pub async fn load_traffic(env: &mut TestEnv, project: &'static str) -> (Vec<Sent
     )
     .await
     .unwrap();
-    let key_of = |kind, subject: Option<&str>, metric| LimitKey::new(kind, subject, metric).unwrap();
-    set_limit(&env.pool, project, &key_of(SubjectKind::User, None, Metric::RequestsPerMinute), Decimal::from(20), None).await.unwrap();
-    set_limit(&env.pool, project, &key_of(SubjectKind::User, Some("u1"), Metric::CostPerDay), Decimal::new(5, 1), None).await.unwrap();
+    // Limits with a history, set in the past (the API refuses a start in the past): users 20
+    // requests per minute by default, u1 0.5 USD per day, u2 30 requests per minute of its own
+    // from 6 h ago until 3 h ago (deleted then: the default applies again).
+    for (subject, metric, value, hours_ago) in [
+        ("", "requests_per_minute", Some("20"), 6),
+        ("u1", "cost_per_day", Some("0.5"), 6),
+        ("u2", "requests_per_minute", Some("30"), 6),
+        ("u2", "requests_per_minute", None, 3),
+    ] {
+        sqlx::query(
+            "INSERT INTO subject_limits (project_id, subject_kind, subject, metric, value, effective_from)
+             VALUES ($1, 'user', $2, $3, $4::numeric, now() - make_interval(hours => $5))",
+        )
+        .bind(project)
+        .bind(subject)
+        .bind(metric)
+        .bind(value)
+        .bind(hours_ago)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
     let ingest = env.start_ingest().await;
     env.start_processor().await;
     let key = env.api_key(project).await;
@@ -215,6 +246,11 @@ pub async fn load_traffic(env: &mut TestEnv, project: &'static str) -> (Vec<Sent
         .await
         .ok()?;
         counts.rows[0].iter().all(|count| number(count) == total).then_some(())
+    })
+    .await;
+    eventually("the limits copied to ClickHouse", Duration::from_secs(30), || async {
+        let copied = run_clickhouse(env, "SELECT uniqExact(project_id, id) FROM subject_limits").await.ok()?;
+        (number(&copied.rows[0][0]) == 4.0).then_some(())
     })
     .await;
 
