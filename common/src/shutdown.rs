@@ -32,3 +32,27 @@ pub fn on_signals() -> CancellationToken {
     });
     token
 }
+
+/// The clock of a periodic task that stops at shutdown: `while ticker.tick().await { ... }`
+/// runs the body every `every` (the first time at once; a late tick is delayed, not bunched)
+/// and ends when `shutdown` is cancelled.
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    shutdown: CancellationToken,
+}
+
+impl Ticker {
+    pub fn new(every: std::time::Duration, shutdown: CancellationToken) -> Ticker {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker { interval, shutdown }
+    }
+
+    /// Waits for the next tick; `false` once shutdown was asked for.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tally_common::rollup::compaction::{self, Frontier, MarkerState};
 use tally_common::rollup::{self, progress, SumStyle};
-use tally_common::shutdown::CancellationToken;
+use tally_common::shutdown::{CancellationToken, Ticker};
 
 use crate::metrics::ProcessorMetrics;
 
@@ -147,13 +147,8 @@ impl Compactor {
 /// Runs the compactor every `every` until `shutdown`. Errors are logged and retried next time:
 /// queries stay exact meanwhile, only slower.
 pub async fn run(compactor: Compactor, every: Duration, metrics: ProcessorMetrics, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+    let mut ticker = Ticker::new(every, shutdown);
+    while ticker.tick().await {
         let started = Instant::now();
         let outcome = compactor.run_once().await;
         let label = match &outcome {

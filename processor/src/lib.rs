@@ -43,7 +43,7 @@ use axum::routing::get;
 use axum::Router;
 use prometheus::Registry;
 use tally_common::health::{self, Readiness};
-use tally_common::shutdown::CancellationToken;
+use tally_common::shutdown::{CancellationToken, Ticker};
 use tally_common::telemetry;
 use tally_common::{schema_check, stores, Config};
 use tokio::net::TcpListener;
@@ -165,13 +165,10 @@ fn new_sink(config: &Config, state: &ProcessorState, live: Arc<live_windows::Liv
 }
 
 async fn refresh_prices(pool: sqlx::PgPool, sender: watch::Sender<Arc<PriceTable>>, every: Duration, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(every);
-    interval.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+    let mut ticker = Ticker::new(every, shutdown);
+    // The table was just loaded at startup: the first refresh is one period later.
+    ticker.tick().await;
+    while ticker.tick().await {
         match PriceTable::load(&pool).await {
             Ok(table) => {
                 sender.send_replace(Arc::new(table));

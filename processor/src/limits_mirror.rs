@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tally_common::rollup::to_decimal128;
-use tally_common::shutdown::CancellationToken;
+use tally_common::shutdown::{CancellationToken, Ticker};
 use time::OffsetDateTime;
 
 /// The ClickHouse table.
@@ -78,13 +78,8 @@ pub async fn sync(pool: &PgPool, clickhouse: &clickhouse::Client) -> Result<usiz
 
 /// Runs [`sync`] every `every` until shutdown.
 pub async fn run(pool: PgPool, clickhouse: clickhouse::Client, every: Duration, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+    let mut ticker = Ticker::new(every, shutdown);
+    while ticker.tick().await {
         let span = tracing::debug_span!("limits_mirror");
         let _entered = span.enter();
         if let Err(error) = sync(&pool, &clickhouse).await {

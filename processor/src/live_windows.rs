@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::PgPool;
 use tally_common::live_windows::{applied_key, window_key, Resolution, Usage};
-use tally_common::shutdown::CancellationToken;
+use tally_common::shutdown::{CancellationToken, Ticker};
 
 use crate::derived::rate_windows::RateWindowRow;
 use crate::metrics::ProcessorMetrics;
@@ -427,13 +427,8 @@ impl LiveWindows {
 
 /// Runs [`LiveWindows::reconcile`] every `every` until shutdown.
 pub async fn run_reconciler(live: std::sync::Arc<LiveWindows>, pool: PgPool, topic: String, every: Duration, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+    let mut ticker = Ticker::new(every, shutdown);
+    while ticker.tick().await {
         if let Err(error) = live.reconcile(&pool, &topic).await {
             tracing::warn!(%error, "live window reconciliation failed; will retry");
         }
