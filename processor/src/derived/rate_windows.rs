@@ -10,8 +10,9 @@
 //! Subjects (the kinds of `tally_common::subject_limits::SubjectKind`): `user` is the
 //! generation's `user_id` (generations without one have no user window), `application` its
 //! application, `api_key` the id of the key that sent it (`api_key_id`, stamped by ingest since
-//! Generation schema version 2; older events have no key window). Tokens are `input_tokens + output_tokens`, as gateways count them against a
-//! tokens-per-minute limit; every generation is a request, response-cache hits included (the
+//! Generation schema version 2; older events have no key window). Tokens are `input_tokens +
+//! output_tokens`, as gateways count them against a tokens-per-minute limit; every generation
+//! is a request, response-cache hits included (the
 //! gateway served them). Cost is the generation's cost as the rollup prices it; a generation
 //! without a price counts in `unpriced_requests` and adds nothing to `cost`.
 
