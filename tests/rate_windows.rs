@@ -133,18 +133,7 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
         ("application", "batch", "tokens_per_day", "50000"),
         ("user", "", "cost_per_day", "0.5"),
     ] {
-        sqlx::query(
-            "INSERT INTO subject_limits (project_id, subject_kind, subject, metric, value, effective_from)
-             VALUES ($1, $2, $3, $4, $5::numeric, now() - interval '2 hours')",
-        )
-        .bind(PROJECT)
-        .bind(kind)
-        .bind(subject)
-        .bind(metric)
-        .bind(value)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+        env.limit_since(PROJECT, kind, subject, metric, Some(value), 2).await;
     }
     let ingest = env.start_ingest().await;
     let query = env.start_query_api().await;

@@ -212,18 +212,7 @@ pub async fn load_traffic(env: &mut TestEnv, project: &'static str) -> (Vec<Sent
         ("u2", "requests_per_minute", Some("30"), 6),
         ("u2", "requests_per_minute", None, 3),
     ] {
-        sqlx::query(
-            "INSERT INTO subject_limits (project_id, subject_kind, subject, metric, value, effective_from)
-             VALUES ($1, 'user', $2, $3, $4::numeric, now() - make_interval(hours => $5))",
-        )
-        .bind(project)
-        .bind(subject)
-        .bind(metric)
-        .bind(value)
-        .bind(hours_ago)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+        env.limit_since(project, "user", subject, metric, value, hours_ago).await;
     }
     let ingest = env.start_ingest().await;
     env.start_processor().await;

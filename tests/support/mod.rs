@@ -162,6 +162,24 @@ impl TestEnv {
         keys::create_key(&self.pool, project).await.expect("create key").key
     }
 
+    /// Adds a row to `subject_limits` effective `hours_ago` hours before now (the API refuses a
+    /// start in the past); `value` `None` is a deletion.
+    pub async fn limit_since(&self, project: &str, kind: &str, subject: &str, metric: &str, value: Option<&str>, hours_ago: i32) {
+        sqlx::query(
+            "INSERT INTO subject_limits (project_id, subject_kind, subject, metric, value, effective_from)
+             VALUES ($1, $2, $3, $4, $5::numeric, now() - make_interval(hours => $6))",
+        )
+        .bind(project)
+        .bind(kind)
+        .bind(subject)
+        .bind(metric)
+        .bind(value)
+        .bind(hours_ago)
+        .execute(&self.pool)
+        .await
+        .expect("insert a limit");
+    }
+
     /// Stops the services started so far and waits for them (up to 20 s each).
     pub async fn stop_services(&mut self) {
         for token in self.tokens.drain(..) {
