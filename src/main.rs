@@ -200,7 +200,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     telemetry::init_tracing(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         match cli.command {
             Command::Ingest { listen } => {
                 let address = listen.unwrap_or_else(|| config.ingest.listen.clone());
@@ -228,8 +228,15 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    // Dropping a runtime waits for its blocking tasks without end; one stuck on a store that
+    // never answers (librdkafka calls) must not keep a stopped service from exiting.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_WAIT);
+    outcome
 }
+
+/// How long an exiting command waits for blocking work still running.
+const RUNTIME_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn bind(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))

@@ -195,8 +195,11 @@ pub async fn run(
             let old = std::mem::replace(&mut consumer, fresh.consumer);
             (revoked, stalled) = (fresh.revoked, fresh.stalled);
             replace = false;
-            // Closing a wedged consumer can block (librdkafka waits for its group to leave).
-            tokio::task::spawn_blocking(move || drop(old));
+            // Closing a wedged consumer can block for good (librdkafka waits for its group to
+            // leave, and the broker may never answer). A detached thread, not the blocking pool:
+            // a runtime waits for its blocking tasks when it shuts down, so a close stuck there
+            // turned the process's shutdown (and the outage test's end) into a hang.
+            drop(close_detached(old, false));
         }
         // Bounded memory: a lane whose buffer is full while its write is in flight (a store is
         // slow or down) stops consumption until that write returns.
@@ -287,11 +290,39 @@ pub async fn run(
     while let Some(joined) = writes.join_next().await {
         written(joined)?;
     }
-    if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        tracing::debug!(%error, "final offset commit");
+    // The final commit and the group's leave block on the broker, which may be gone: they run
+    // on their own thread, and shutdown waits for them only a while.
+    let closed = close_detached(consumer, true);
+    if tokio::time::timeout(FINAL_CLOSE_WAIT, closed).await.is_err() {
+        tracing::warn!(waited_ms = FINAL_CLOSE_WAIT.as_millis() as u64, "the Kafka consumer did not close in time; leaving it (Postgres holds the applied offsets)");
     }
     tracing::info!("consumer stopped");
     Ok(())
+}
+
+/// How long shutdown waits for the consumer's final commit and group leave.
+const FINAL_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Closes the consumer on a detached thread, first committing its offsets if `commit` (advisory:
+/// Postgres holds the applied ones; a replaced consumer's are older than its successor's, so it
+/// does not commit); the receiver fires once it is closed. Not the blocking pool: a runtime
+/// waits for its blocking tasks when it shuts down, so a close stuck on a broker that never
+/// answers would hang the process's exit.
+fn close_detached(consumer: Arc<StreamConsumer<GroupContext>>, commit: bool) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("kafka-consumer-close".into()).spawn(move || {
+        if commit {
+            if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                tracing::debug!(%error, "final offset commit");
+            }
+        }
+        drop(consumer);
+        let _ = done.send(());
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start a thread to close the Kafka consumer; it is left open");
+    }
+    closed
 }
 
 /// A finished write task's result; a panic in it is the loop's error.

@@ -186,7 +186,10 @@ impl TestEnv {
             token.cancel();
         }
         for task in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+            if tokio::time::timeout(Duration::from_secs(20), task).await.is_err() {
+                // Left running: the runtime drops it when it shuts down.
+                eprintln!("test env {}: a service did not stop within 20 s of its shutdown signal", self.id);
+            }
         }
     }
 
