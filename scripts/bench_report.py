@@ -122,6 +122,11 @@ if query:
         latency = endpoint["latency_ms"]
         print(f"| {endpoint['name']} | {fmt(latency['p50'], 1)} / {fmt(latency['p95'], 1)} / {fmt(latency['p99'], 1)} / {fmt(latency['max'], 1)} "
               f"| {endpoint['items']:,} | {fmt(endpoint.get('requests_in_answer'))} |")
+    rss = query.get("query_api_peak_rss_kb")
+    if rss:
+        print(f"\nReports are timed over {query.get('report_requests', 20)} sequential calls after one warm-up call; items are the report's groups. "
+              f"The query API's peak RSS (VmHWM) was {rss[0] / 1024:.1f} MiB before the reports and {rss[1] / 1024:.1f} MiB after them: "
+              f"reports are streamed, so a larger report does not raise it.")
 else:
     print("\n(d) query latency on a store of 10M generation events: not run (BENCH_SCENARIOS=d).")
 notes = Path(__file__).resolve().parent.parent / "docs" / "performance-notes.md"

@@ -71,8 +71,48 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Write a batch cost report (CSV, JSON or NDJSON) of one project or of all of them, from
+    /// the cost rollup; the same report as GET /v1/reports/costs.
+    Report(ReportArgs),
     /// Print the effective configuration (secrets hidden).
     Config,
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Start of the range: RFC 3339 time, epoch milliseconds, or a date (midnight in --tz).
+    #[arg(long)]
+    from: String,
+    /// End of the range (exclusive), as --from. Hours count when they start in the range.
+    #[arg(long)]
+    to: String,
+    /// Group keys, comma-separated, in column order: project, application, environment,
+    /// provider, model, user_id, and one of hour, day, month.
+    #[arg(long, default_value = "")]
+    group_by: String,
+    /// csv, json or ndjson.
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// Time zone of the calendar buckets and of date bounds (IANA name).
+    #[arg(long, default_value = "UTC")]
+    tz: String,
+    /// Only this project (every project when absent).
+    #[arg(long)]
+    project: Option<String>,
+    /// Only rows with these values.
+    #[arg(long)]
+    application: Option<String>,
+    #[arg(long)]
+    environment: Option<String>,
+    #[arg(long)]
+    provider: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    user_id: Option<String>,
+    /// Write to this file (through a `.partial` file renamed once complete) instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -223,6 +263,7 @@ fn main() -> anyhow::Result<()> {
             Command::Prices { command } => run_prices(&config, command).await,
             Command::Limits { command } => run_limits(&config, command).await,
             Command::Dlq { command } => run_dlq(&config, command).await,
+            Command::Report(args) => run_report(&config, args).await,
             Command::Config => {
                 println!("{config:#?}");
                 Ok(())
@@ -397,6 +438,68 @@ async fn run_prices(config: &Config, command: PricesCommand) -> anyhow::Result<(
         }
     }
     println!("running processors pick up price changes within processor.price_refresh_secs ({} s)", config.processor.price_refresh_secs);
+    Ok(())
+}
+
+/// `tally report`: the options go through the query API's parser under their parameter names,
+/// so the command and the endpoint accept and refuse the same reports.
+async fn run_report(config: &Config, args: ReportArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use tally_query_api::reports::{self, ReportFormat, ReportSource};
+
+    let options = [
+        ("from", Some(args.from)),
+        ("to", Some(args.to)),
+        ("group_by", Some(args.group_by)),
+        ("format", Some(args.format)),
+        ("tz", Some(args.tz)),
+        ("application", args.application),
+        ("environment", args.environment),
+        ("provider", args.provider),
+        ("model", args.model),
+        ("user_id", args.user_id),
+    ];
+    let params = options.into_iter().filter_map(|(name, value)| value.map(|value| (name.to_string(), value))).collect();
+    let refused = |error: tally_common::api_error::ApiError| match error.parameter {
+        Some(parameter) => anyhow::anyhow!("--{}: {}", parameter.replace('_', "-"), error.message),
+        None => anyhow::anyhow!("{}", error.message),
+    };
+    let query = reports::parse_report_query(&params, ReportFormat::Csv).map_err(refused)?;
+    let source = ReportSource::new(config, stores::clickhouse_client(&config.clickhouse), stores::postgres_pool(&config.postgres)?);
+    let started = std::time::Instant::now();
+    let mut report = reports::open(&source, &query, args.project.as_deref()).await.map_err(refused)?;
+    // Plain blocking writes: this command runs one task, and the file is written in order.
+    let partial = args.out.as_ref().map(|path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        PathBuf::from(name)
+    });
+    let mut out: Box<dyn Write> = match &partial {
+        Some(partial) => Box::new(std::io::BufWriter::new(std::fs::File::create(partial).with_context(|| format!("cannot create {}", partial.display()))?)),
+        None => Box::new(std::io::stdout()),
+    };
+    let mut bytes = 0;
+    let written: anyhow::Result<()> = async {
+        while let Some(chunk) = report.next_chunk().await.map_err(refused)? {
+            out.write_all(&chunk).context("writing the report")?;
+            bytes += chunk.len();
+        }
+        out.flush().context("writing the report")
+    }
+    .await;
+    drop(out);
+    if let Err(error) = written {
+        // No half report is left under the asked name, nor beside it.
+        if let Some(partial) = &partial {
+            let _ = std::fs::remove_file(partial);
+        }
+        return Err(error);
+    }
+    if let (Some(partial), Some(path)) = (&partial, &args.out) {
+        std::fs::rename(partial, path).with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
+    }
+    let target = args.out.map(|path| format!(" to {}", path.display())).unwrap_or_default();
+    eprintln!("report: {} groups, {bytes} bytes{target} in {:.1} s", report.rows(), started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The services (ingest, processor with its compactor, query API) talk to 18.16 through a
 //! recording proxy while generated traffic flows (`support::dashboards::load_traffic`) and the
-//! query API answers costs, cache statistics and violations. Then `scripts/chdb-compare.py` (in
+//! query API answers costs, cache statistics, violations and cost reports. Then `scripts/chdb-compare.py` (in
 //! the environment of `scripts/python-env`: chdb-core, ClickHouse 26.9 in-process) applies
 //! the migrations, copies the rows 18.16 holds, and runs, on both engines, every read statement
 //! the services sent (the SELECT of an `INSERT ... SELECT` too) and every query of the Grafana
@@ -119,10 +119,13 @@ async fn every_statement_runs_on_a_current_clickhouse_with_the_same_answers() {
         format!("/v1/cache/stats?{range}&interval=hour&group_by=model"),
         format!("/v1/cache/stats?{range}&interval=day&cache_kind=prompt"),
         format!("/v1/ratelimits/violations?{range}&limit=5"),
+        format!("/v1/reports/costs?{range}&group_by=day,model,application&format=csv"),
+        format!("/v1/reports/costs?{range}&group_by=user_id,hour&format=ndjson&tz=Asia/Tokyo"),
+        format!("/v1/reports/costs?{range}&group_by=month&tz=Europe/Berlin&provider=openai"),
     ] {
         let response = env.http.get(format!("{query}{path}")).bearer_auth(&key).send().await.unwrap();
         let status = response.status();
-        let body: Value = response.json().await.unwrap();
+        let body = response.text().await.unwrap();
         assert_eq!(status, 200, "{path}: {body}");
     }
     env.stop_services().await;

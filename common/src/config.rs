@@ -371,6 +371,11 @@ pub struct QueryConfig {
     pub max_execution_secs: u32,
     /// Most points (time buckets times groups) in one `/v1/costs` answer.
     pub max_result_points: usize,
+    /// ClickHouse stops a cost report's statement (`/v1/reports/costs`, `tally report`) after
+    /// this long; reports are streamed and may read far more than a dashboard query.
+    pub report_max_execution_secs: u32,
+    /// Longest time range a cost report may cover, in days.
+    pub report_max_range_days: u32,
     /// Queries one project may run at once; more get 429.
     pub max_concurrent_per_project: usize,
     /// As for ingest: failed authentications allowed per client address and second, and burst.
@@ -387,6 +392,8 @@ impl Default for QueryConfig {
             key_cache_secs: 30,
             max_execution_secs: 10,
             max_result_points: 50_000,
+            report_max_execution_secs: 300,
+            report_max_range_days: 3_660,
             max_concurrent_per_project: 4,
             failed_auth_per_sec: 2.0,
             failed_auth_burst: 20,

@@ -39,6 +39,12 @@ pub struct QueryBenchArgs {
     /// Runs per page for `/v1/agent/runs`.
     #[arg(long, default_value_t = 50)]
     pub page_size: u32,
+    /// Measured calls per cost report (`/v1/reports/costs`; a report may take seconds).
+    #[arg(long, default_value_t = 20)]
+    pub report_requests: u32,
+    /// The query API's process id: its peak RSS (VmHWM) is read before and after the reports.
+    #[arg(long)]
+    pub query_pid: Option<u32>,
     /// Name of the scenario, copied into the report.
     #[arg(long, default_value = "d-query-latency")]
     pub scenario: String,
@@ -64,8 +70,11 @@ pub struct QueryBenchReport {
     pub started_at: String,
     pub machine: MachineInfo,
     pub requests_per_endpoint: u32,
+    pub report_requests: u32,
     pub range_days: f64,
     pub endpoints: Vec<EndpointReport>,
+    /// The query API's peak RSS in KiB after the other endpoints and after the reports.
+    pub query_api_peak_rss_kb: Option<(u64, u64)>,
 }
 
 impl QueryBenchReport {
@@ -86,8 +95,45 @@ impl QueryBenchReport {
                 endpoint.requests_in_answer.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
             ));
         }
+        if let Some((before, after)) = self.query_api_peak_rss_kb {
+            out.push_str(&format!("query API peak RSS: {:.1} MiB before the reports, {:.1} MiB after\n", before as f64 / 1024.0, after as f64 / 1024.0));
+        }
         out
     }
+}
+
+/// A process's peak resident set (`VmHWM`), KiB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("VmHWM:")).and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Times a cost report (`format=csv`): every call must be 200 and end with its totals line;
+/// items are the groups, and the requests those of the totals line.
+async fn measure_report(client: &reqwest::Client, args: &QueryBenchArgs, name: &str, path: String) -> anyhow::Result<EndpointReport> {
+    let url = format!("{}{}", args.query_url.trim_end_matches('/'), path);
+    let authorization = args.api_key.bearer();
+    let mut histogram = Histogram::<u64>::new(3).context("latency histogram")?;
+    let mut last = String::new();
+    for index in 0..(1 + args.report_requests) {
+        let started = Instant::now();
+        let response = client.get(&url).header(reqwest::header::AUTHORIZATION, &authorization).send().await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        last = response.text().await.with_context(|| format!("reading the report of GET {url}"))?;
+        if !status.is_success() {
+            anyhow::bail!("GET {url} answered {status}: {}", last.chars().take(300).collect::<String>());
+        }
+        if index >= 1 {
+            histogram.record(started.elapsed().as_micros() as u64).context("recording a latency")?;
+        }
+    }
+    let mut lines = last.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let rows: Vec<&str> = lines.collect();
+    let totals = rows.last().filter(|line| line.starts_with("total,")).with_context(|| format!("the report of {url} has no totals line"))?;
+    let requests = header.iter().position(|column| *column == "requests").and_then(|at| totals.split(',').nth(at)).and_then(|value| value.parse().ok());
+    eprintln!("[query-bench] {name}: p95 {:.2} ms, {} groups", histogram.value_at_quantile(0.95) as f64 / 1_000.0, rows.len() - 1);
+    Ok(EndpointReport { name: name.to_string(), path, latency_ms: Percentiles::from_micros(&histogram), items: rows.len() as u64 - 1, requests_in_answer: requests })
 }
 
 /// Calls `url` and returns the parsed answer, failing on anything but 200.
@@ -157,11 +203,21 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<QueryBenchReport> {
     if let Some(cursor) = cursor {
         endpoints.push(measure(&client, &args, "agent runs, page ~11", format!("{first_page}&cursor={cursor}")).await?);
     }
+    let before_reports = args.query_pid.and_then(peak_rss_kb);
+    for (name, query) in [
+        ("report 30d by day and model", format!("/v1/reports/costs?{range}&group_by=day,model&format=csv")),
+        ("report 30d by user and day", format!("/v1/reports/costs?{range}&group_by=user_id,day&format=csv")),
+    ] {
+        endpoints.push(measure_report(&client, &args, name, query.replace('+', "%2B")).await?);
+    }
+    let after_reports = args.query_pid.and_then(peak_rss_kb);
     let report = QueryBenchReport {
+        query_api_peak_rss_kb: before_reports.zip(after_reports),
         scenario: args.scenario.clone(),
         started_at: to,
         machine: MachineInfo::collect(),
         requests_per_endpoint: args.requests,
+        report_requests: args.report_requests,
         range_days: args.range.as_secs_f64() / 86_400.0,
         endpoints,
     };

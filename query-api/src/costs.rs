@@ -10,9 +10,9 @@
 //! - [`plan`]: which tables answer (compacted rows plus the batch rows above the frontier).
 //! - [`read`]: the SQL, and reading consistently with one compaction.
 
-mod plan;
+pub(crate) mod plan;
 pub mod query;
-mod read;
+pub(crate) mod read;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`costs`]: `GET /v1/costs`.
 //! - [`cache`]: `GET /v1/cache/stats`, the cache-hit statistics.
+//! - [`reports`]: `GET /v1/reports/costs`, batch cost reports (CSV, JSON, NDJSON), streamed.
 //! - [`runs`]: `GET /v1/agent/runs` and `GET /v1/agent/runs/{run_id}`.
 //! - [`subject_limits`]: `PUT/GET/DELETE /v1/limits`, the rate limits per subject (changes need
 //!   the `admin` scope).
@@ -22,6 +23,7 @@ pub mod costs;
 pub mod limits;
 pub mod params;
 pub mod ratelimits;
+pub mod reports;
 pub mod runs;
 pub mod schema;
 pub mod subject_limits;
@@ -61,6 +63,8 @@ pub struct QueryState {
     pub topic: String,
     /// Redis and the limit histories of the live rate-limit endpoint.
     pub live: ratelimits::LiveReader,
+    /// Where `/v1/reports/costs` reads, with its own time limit.
+    pub reports: reports::ReportSource,
     registry: Registry,
     readiness: Readiness,
 }
@@ -75,8 +79,6 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
             per_second: config.query.failed_auth_per_sec,
             burst: f64::from(config.query.failed_auth_burst.max(1)),
         }),
-        pool,
-        clickhouse,
         max_page_size: config.query.max_page_size,
         max_range_days: config.query.max_range_days,
         max_execution_secs: config.query.max_execution_secs,
@@ -84,6 +86,9 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<QueryState>> {
         concurrency: limits::ProjectConcurrency::new(config.query.max_concurrent_per_project),
         topic: config.kafka.topic.clone(),
         live: ratelimits::LiveReader::new(stores::redis_client(config)?, &config.redis.key_prefix),
+        reports: reports::ReportSource::new(config, clickhouse.clone(), pool.clone()),
+        pool,
+        clickhouse,
         registry: Registry::new(),
         readiness,
     }))
@@ -94,6 +99,7 @@ pub fn router(state: Arc<QueryState>) -> anyhow::Result<Router> {
     Ok(Router::new()
         .route("/v1/costs", get(costs::costs))
         .route("/v1/cache/stats", get(cache::cache_stats))
+        .route("/v1/reports/costs", get(reports::cost_report))
         .route("/v1/limits", get(subject_limits::list_limits).put(subject_limits::set_limit).delete(subject_limits::delete_limit))
         .route("/v1/ratelimits/violations", get(ratelimits::violations))
         .route("/v1/ratelimits/{subject_kind}/{subject}", get(ratelimits::status))

@@ -4,7 +4,7 @@
 //! are bound, never spliced.
 
 use tally_common::api_error::ApiError;
-use tally_common::rollup::compaction::{self, MarkerState};
+use tally_common::rollup::compaction::{self, Frontier, MarkerState};
 use tally_common::rollup::{self, progress, Dimension, SumStyle};
 
 use super::plan::{plan, Branch};
@@ -120,35 +120,63 @@ async fn fetch(
     statement.fetch_all().await
 }
 
-/// Reads the rollup rows for `query`, consistent with one compaction: the newest marker is read
-/// before and after the rows and must be the same finished compaction. While a compaction runs
-/// (or after one crashed) the batch rows alone answer, which is exact but slower. Queries that
-/// group or filter by a dimension the compacted rows lack (the user) read the batch rows alone.
+/// Reads the rollup rows for `query`, consistent with one compaction (see [`consistent_read`]).
+/// Queries that group or filter by a dimension the compacted rows lack (the user) read the batch
+/// rows alone.
 pub async fn read_rollups(state: &QueryState, project: &str, query: &CostQuery) -> Result<Vec<CostRow>, ApiError> {
-    let client = &state.clickhouse;
     let failed = |error: clickhouse::error::Error| limits::clickhouse_error("reading the cost rollup", &error, state.max_execution_secs);
     let max = state.max_result_points;
-    let capped = |rows: Vec<CostRow>| if rows.len() > max { Err(limits::result_too_large(max)) } else { Ok(rows) };
     let uncompacted = Dimension::ALL.into_iter().any(|dimension| !dimension.compacted() && query.uses(dimension));
+    let rows = consistent_read(&state.clickhouse, &state.pool, &state.topic, state.max_execution_secs, uncompacted, |frontier, idle| {
+        let client = &state.clickhouse;
+        async move { fetch(client, project, query, &plan(query, frontier.as_ref(), idle), max).await.map_err(failed) }
+    })
+    .await?;
+    if rows.len() > max {
+        return Err(limits::result_too_large(max));
+    }
+    Ok(rows)
+}
+
+/// Runs `read` so that what it reads is consistent with one compaction: `read` gets the frontier
+/// of the newest finished compaction (and whether nothing is newer than it), and the newest
+/// marker is read before and after it and must be the same finished compaction. A marker is
+/// written before a compaction inserts anything, and a ClickHouse SELECT reads the parts that
+/// existed when it started, so `read` must have started its statement when it returns (a
+/// streamed read returns once its first row is in). While a compaction runs (or after one
+/// crashed), or with `batches_only`, `read` gets no frontier and reads the batch rows alone,
+/// which is exact but slower.
+pub async fn consistent_read<T, F, Fut>(
+    client: &clickhouse::Client,
+    pool: &sqlx::PgPool,
+    topic: &str,
+    max_execution_secs: u32,
+    batches_only: bool,
+    mut read: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut(Option<Frontier>, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let failed = |error: clickhouse::error::Error| limits::clickhouse_error("reading the compaction marker", &error, max_execution_secs);
     let waited = std::time::Instant::now();
-    while !uncompacted && waited.elapsed() < COMPACTION_WAIT {
+    while !batches_only && waited.elapsed() < COMPACTION_WAIT {
         let before = compaction::latest_marker(client).await.map_err(failed)?;
         let frontier = match &before {
             None => break,
-            Some(marker) if marker.state == MarkerState::Done => &marker.frontier,
+            Some(marker) if marker.state == MarkerState::Done => marker.frontier.clone(),
             Some(_) => {
                 tokio::time::sleep(std::time::Duration::from_millis(25)).await;
                 continue;
             }
         };
-        let idle =
-            progress::nothing_newer(&state.pool, &state.topic, frontier).await.map_err(|error| ApiError::internal("reading partition progress", &error))?;
-        let rows = fetch(client, project, query, &plan(query, Some(frontier), idle), max).await.map_err(failed)?;
+        let idle = progress::nothing_newer(pool, topic, &frontier).await.map_err(|error| ApiError::internal("reading partition progress", &error))?;
+        let answer = read(Some(frontier), idle).await?;
         if compaction::latest_marker(client).await.map_err(failed)? == before {
-            return capped(rows);
+            return Ok(answer);
         }
     }
-    capped(fetch(client, project, query, &plan(query, None, false), max).await.map_err(failed)?)
+    read(None, false).await
 }
 
 #[cfg(test)]
