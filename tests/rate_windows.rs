@@ -185,6 +185,15 @@ async fn live_windows_and_violations_are_exact_through_kills_duplicates_and_lost
     })
     .await;
     assert_eq!(live.values().map(|usage| usage.requests).sum::<u64>(), 3 * history.len() as u64, "users, applications and keys");
+    // The raw rows keep the key that first sent each event (the duplicates through key B changed
+    // nothing), for rebuilds from the archive.
+    let want_keys = std::collections::BTreeMap::from([(Some(key_a.clone()), 2_000_u64), (Some(key_b.clone()), history.len() as u64 - 2_000)]);
+    eventually("the raw rows to name their keys", Duration::from_secs(30), || async {
+        let rows: Vec<(Option<String>, u64)> =
+            clickhouse.query("SELECT api_key_id, count() FROM generations FINAL GROUP BY api_key_id").fetch_all().await.ok()?;
+        (rows.into_iter().collect::<std::collections::BTreeMap<_, _>>() == want_keys).then_some(())
+    })
+    .await;
 
     // Phase 2: the current minute, with at least 25 s of it left.
     eventually("a minute with 25 s left", Duration::from_secs(40), || async { (now_ms() % 60_000 < 35_000).then_some(()) }).await;

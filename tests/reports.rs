@@ -114,6 +114,9 @@ fn event(project: &str, index: usize) -> (Value, Sent) {
     };
     let at = time::OffsetDateTime::from_unix_timestamp(start_ms / 1_000).unwrap();
     let tokyo = at + time::Duration::hours(9);
+    // New York leaves summer time at 2026-11-01T06:00Z: 01:00 comes twice, at -04:00 and -05:00.
+    let new_york_offset = if start_ms / 1_000 < 1_793_512_800 { -4 } else { -5 };
+    let new_york = at + time::Duration::hours(new_york_offset);
     let keys = BTreeMap::from([
         ("project", project.to_string()),
         ("application", application.to_string()),
@@ -121,7 +124,8 @@ fn event(project: &str, index: usize) -> (Value, Sent) {
         ("provider", "testco".to_string()),
         ("model", model.to_string()),
         ("user_id", value["user_id"].as_str().unwrap().to_string()),
-        ("hour", format!("{}T{:02}:00:00", at.date(), at.hour())),
+        ("hour", format!("{}T{:02}:00:00+00:00", at.date(), at.hour())),
+        ("new_york_hour", format!("{}T{:02}:00:00-{:02}:00", new_york.date(), new_york.hour(), -new_york_offset)),
         ("day", at.date().to_string()),
         ("tokyo_day", tokyo.date().to_string()),
         ("month", at.date().to_string()[..7].to_string()),
@@ -175,7 +179,10 @@ fn json_groups(rows: &[Value], keys: &[&str]) -> BTreeMap<Vec<String>, Sums> {
         Value::String(text) => text.clone(),
         other => other.to_string(),
     };
-    rows.iter().map(|row| (keys.iter().map(|key| field(row, key)).collect(), Sums::read(|name| field(row, name)))).collect()
+    let groups: BTreeMap<Vec<String>, Sums> =
+        rows.iter().map(|row| (keys.iter().map(|key| field(row, key)).collect(), Sums::read(|name| field(row, name)))).collect();
+    assert_eq!(groups.len(), rows.len(), "one row per group");
+    groups
 }
 
 fn json_sums(row: &Value) -> Sums {
@@ -199,7 +206,8 @@ fn csv_groups(text: &str, keys: &[&str]) -> (BTreeMap<Vec<String>, Sums>, Sums) 
         let sums = Sums::read(field);
         match &record[0] {
             "group" => {
-                groups.insert(keys.iter().map(|key| field(key)).collect(), sums);
+                let repeated = groups.insert(keys.iter().map(|key| field(key)).collect::<Vec<String>>(), sums);
+                assert!(repeated.is_none(), "one row per group");
             }
             "total" => totals.push(sums),
             other => panic!("row column {other:?}"),
@@ -273,15 +281,31 @@ async fn reports_equal_the_events_sent_in_every_format() {
     assert_eq!(groups, expected(&acme_sent, &["user_id", "hour", "environment"]));
     assert_eq!(totals, total(&acme_sent));
 
-    // NDJSON by Tokyo day (UTC+9 all year), date bounds at Tokyo midnight: hourly rows only.
-    let tokyo_to = time::OffsetDateTime::from_unix_timestamp(START_MS / 1_000 + 2 * 86_400).unwrap().date().to_string();
-    let answer =
-        report(&env, &query, &acme, &[("from", from.as_str()), ("to", tokyo_to.as_str()), ("group_by", "day"), ("format", "ndjson"), ("tz", "Asia/Tokyo")]).await;
+    // NDJSON by Tokyo day (UTC+9 all year), hourly rows only. The bounds are dates, read as
+    // Tokyo midnight: `from` cuts through the events (read as UTC midnight, 9 more hours of
+    // events would count).
+    let tokyo_day = |seconds: i64| (time::OffsetDateTime::from_unix_timestamp(seconds).unwrap() + time::Duration::hours(9)).date().to_string();
+    let (tokyo_from, tokyo_to) = (tokyo_day(START_MS / 1_000 - 86_400), tokyo_day(START_MS / 1_000 + 2 * 86_400));
+    let in_tokyo_range: Vec<&Sent> = acme_sent.iter().filter(|sent| sent.keys["tokyo_day"] >= tokyo_from).collect();
+    assert!(in_tokyo_range.len() > 100 && in_tokyo_range.len() < acme_sent.len(), "the bound cuts through the events");
+    let in_tokyo_range: Vec<Sent> = in_tokyo_range.into_iter().map(|sent| Sent { keys: sent.keys.clone(), sums: sent.sums.clone() }).collect();
+    let answer = report(&env, &query, &acme, &[("from", tokyo_from.as_str()), ("to", tokyo_to.as_str()), ("group_by", "day"), ("format", "ndjson"), ("tz", "Asia/Tokyo")])
+        .await;
     assert_eq!(answer.status(), 200);
     let lines: Vec<Value> = answer.text().await.unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     let (last, rows) = lines.split_last().unwrap();
-    assert_eq!(json_groups(rows, &["day"]), expected(&acme_sent, &["tokyo_day"]));
-    assert_eq!(json_sums(&last["totals"]), total(&acme_sent));
+    assert_eq!(json_groups(rows, &["day"]), expected(&in_tokyo_range, &["tokyo_day"]));
+    assert_eq!(json_sums(&last["totals"]), total(&in_tokyo_range));
+
+    // By New York hour across the end of summer time: the twice-lived hour is two rows, each
+    // labelled with its offset, in time order.
+    let answer = report(&env, &query, &acme, &[&range[..], &[("group_by", "hour"), ("tz", "America/New_York")]].concat()).await;
+    let json: Value = answer.json().await.unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(json_groups(rows, &["hour"]), expected(&acme_sent, &["new_york_hour"]));
+    let hours: Vec<&str> = rows.iter().map(|row| row["hour"].as_str().unwrap()).collect();
+    let twice: Vec<&str> = hours.iter().copied().filter(|hour| hour.starts_with("2026-11-01T01:00:00")).collect();
+    assert_eq!(twice, ["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00"], "in time order");
 
     // By month with a filter, and with no key at all.
     let answer = report(&env, &query, &acme, &[&range[..], &[("group_by", "month"), ("model", "beta")]].concat()).await;
@@ -315,6 +339,8 @@ async fn reports_equal_the_events_sent_in_every_format() {
         (vec![("from", from.as_str()), ("to", to.as_str()), ("tz", "Mars/Olympus")], "tz", "unknown time zone"),
         (vec![("from", from.as_str()), ("to", to.as_str()), ("group_by", "day"), ("tz", "Asia/Kolkata")], "tz", "whole UTC hour"),
         (vec![("from", "2000-01-01"), ("to", "2030-01-01")], "from", "at most 3660 days"),
+        (vec![("from", "1960-01-01"), ("to", "1960-02-01")], "from", "between 1970 and 2105"),
+        (vec![("from", "-86400000"), ("to", "86400000")], "from", "between 1970 and 2105"),
     ] {
         let answer = report(&env, &query, &acme, &params).await;
         assert_eq!(answer.status(), 400, "{params:?}");

@@ -10,7 +10,8 @@
 //! and leaves no "dirty" mark behind: on Postgres each file runs in one transaction, which rolls
 //! back whole; ClickHouse has no transactions, so its files must consist of idempotent
 //! statements (`IF NOT EXISTS`), and the version is recorded only after every statement
-//! succeeded, so the next run simply repeats the file.
+//! succeeded, so the next run simply repeats the file. An `ALTER TABLE ... ADD COLUMN` of one
+//! column counts as done when the column exists (18.16 has no `ADD COLUMN IF NOT EXISTS`).
 //!
 //! Statements are separated by a `;` at the end of a line; lines starting with `--` are
 //! comments. ClickHouse DDL must run on 18.16 (the server of the local stack) and on current
@@ -52,6 +53,7 @@ pub const CLICKHOUSE: &[MigrationFile] = &[
     migration!("clickhouse", "0004_cache_stats.sql"),
     migration!("clickhouse", "0005_rate_windows.sql"),
     migration!("clickhouse", "0006_subject_limits.sql"),
+    migration!("clickhouse", "0007_generation_api_key.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +227,17 @@ struct AppliedRow {
     checksum: String,
 }
 
+/// Whether a failed ClickHouse statement is an `ADD COLUMN` of one column that is already there:
+/// a file that added it and stopped before it was recorded. 18.16 has no `ADD COLUMN IF NOT
+/// EXISTS`, so this stands in for it and keeps such files idempotent like the others. With
+/// several columns in one statement the others may be missing, so that is not taken as done.
+fn column_was_added(sql: &str, error: &str) -> bool {
+    let statement = sql.to_ascii_uppercase();
+    statement.trim_start().starts_with("ALTER TABLE")
+        && statement.matches(" ADD COLUMN ").count() == 1
+        && error.contains("column with this name already exists")
+}
+
 /// Applies pending ClickHouse migrations; returns the files applied.
 pub async fn clickhouse(config: &Config, files: &[MigrationFile]) -> Result<Vec<String>, MigrateError> {
     let database = &config.clickhouse.database;
@@ -264,6 +277,9 @@ pub async fn clickhouse(config: &Config, files: &[MigrationFile]) -> Result<Vec<
         }
         for (index, statement) in split_statements(&sql).iter().enumerate() {
             if let Err(error) = server.query(&statement.sql).execute().await {
+                if column_was_added(&statement.sql, &error.to_string()) {
+                    continue;
+                }
                 return Err(MigrateError::Statement {
                     store: "clickhouse",
                     file: file.file.into(),
@@ -291,6 +307,16 @@ pub async fn clickhouse(config: &Config, files: &[MigrationFile]) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_existing_column_counts_as_added_only_for_a_one_column_add() {
+        let exists = "Code: 44, e.displayText() = DB::Exception: Cannot add column b: column with this name already exists";
+        assert!(column_was_added("ALTER TABLE db.generations ADD COLUMN api_key_id Nullable(String)", exists));
+        assert!(column_was_added("alter table db.t add column b Decimal(38, 12)", "Cannot add column `b`: column with this name already exists. (ILLEGAL_COLUMN)"));
+        assert!(!column_was_added("ALTER TABLE db.t ADD COLUMN b String, ADD COLUMN c String", exists), "the second column may be missing");
+        assert!(!column_was_added("ALTER TABLE db.t ADD COLUMN b String", "Code: 60. Table db.t doesn't exist"));
+        assert!(!column_was_added("CREATE TABLE db.t (b String) ENGINE = Log", exists));
+    }
 
     #[test]
     fn splits_at_line_final_semicolons_and_skips_comments() {

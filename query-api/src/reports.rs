@@ -81,8 +81,10 @@ impl ReportSource {
 /// An open report: the cursor over its rows and the encoder they go through.
 pub struct Report {
     cursor: RowCursor<ReportRow>,
-    /// The first row, read when the report opened (see [`consistent_read`]).
+    /// The first row, read when the report opened (see [`consistent_read`]); `None` once taken.
     first: Option<ReportRow>,
+    /// The cursor has given its last row.
+    exhausted: bool,
     encoder: Encoder,
     finished: bool,
     max_execution_secs: u32,
@@ -95,17 +97,25 @@ pub async fn open(source: &ReportSource, query: &ReportQuery, project: Option<&s
     let client = &source.clickhouse;
     let secs = source.max_execution_secs;
     let range = sql::resolve_range(client, query, source.max_range_days, secs).await?;
-    sql::check_zone(client, query, range, secs).await?;
-    let at = |seconds: i64| OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| ApiError::bad_parameter("from", "the range is outside the supported years"));
+    let at = |name: &str, seconds: i64| {
+        // ClickHouse's DateTime holds 1970 to 2105; beyond it 18.16 wraps and current releases
+        // clamp, so such a bound is refused rather than read differently by each.
+        OffsetDateTime::from_unix_timestamp(seconds)
+            .ok()
+            .filter(|_| (0..=u32::MAX as i64).contains(&seconds))
+            .ok_or_else(|| ApiError::bad_parameter(name, format!("{name} must lie between 1970 and 2105 (ClickHouse's DateTime)")))
+    };
     // Whole UTC days may be read from the daily rows unless the buckets are local days or hours.
     let by_utc_day = match query.time_bucket() {
         None => true,
         Some(TimeBucket::Hour) => false,
         Some(TimeBucket::Day | TimeBucket::Month) => query.tz == "UTC",
     };
+    let (from, to) = (at("from", range.from)?, at("to", range.to)?);
+    sql::check_zone(client, query, range, secs).await?;
     let rollup_query = CostQuery {
-        from: at(range.from)?,
-        to: at(range.to)?,
+        from,
+        to,
         interval_seconds: if by_utc_day { 86_400 } else { 3_600 },
         interval: String::new(),
         group_by: query.keys.iter().filter_map(|key| if let Key::Dimension(d) = key { Some(*d) } else { None }).collect(),
@@ -131,7 +141,8 @@ pub async fn open(source: &ReportSource, query: &ReportQuery, project: Option<&s
     .await?;
     let heading = Heading { from: format_time(rollup_query.from), to: format_time(rollup_query.to), tz: query.tz.clone() };
     let encoder = Encoder::new(query.format, query.keys.clone(), &heading)?;
-    Ok(Report { cursor, first, encoder, finished: false, max_execution_secs: secs })
+    let exhausted = first.is_none();
+    Ok(Report { cursor, first, exhausted, encoder, finished: false, max_execution_secs: secs })
 }
 
 impl Report {
@@ -144,6 +155,7 @@ impl Report {
         while self.encoder.pending() < CHUNK_BYTES {
             let row = match self.first.take() {
                 Some(row) => Some(row),
+                None if self.exhausted => None,
                 None => self.cursor.next().await.map_err(|error| report_error(&error, self.max_execution_secs))?,
             };
             match row {

@@ -41,6 +41,8 @@ pub struct GenerationRow {
     pub received_at_us: i64,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
+    /// The sending key (`api_keys.id`); `None` for v1 messages.
+    pub api_key_id: Option<String>,
 }
 
 /// The `generations` table.
@@ -95,6 +97,7 @@ impl DerivedOutput for RawEvents {
                     received_at_us: generation.received_at_us,
                     kafka_partition: batch.partition,
                     kafka_offset: priced.offset,
+                    api_key_id: generation.api_key_id.clone(),
                 }
             })
             .collect()

@@ -173,6 +173,10 @@ pub fn parse_report_query(params: &BTreeMap<String, String>, default_format: Rep
 fn parse_bound(name: &str, value: &str) -> Result<Bound, ApiError> {
     let date = format_description!("[year]-[month]-[day]");
     if let Ok(day) = time::Date::parse(value, &date) {
+        // ClickHouse's DateTime holds 1970 to 2105 (checked again once resolved).
+        if !(1970..=2105).contains(&day.year()) {
+            return Err(ApiError::bad_parameter(name, format!("{name} must lie between 1970 and 2105 (ClickHouse's DateTime), not {value:?}")));
+        }
         return Ok(Bound::Date(day));
     }
     parse_time(name, value).map(Bound::Instant).map_err(|_| {

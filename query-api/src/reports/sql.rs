@@ -122,14 +122,16 @@ pub fn statement(query: &ReportQuery, project: Option<&str>, branches: &[Branch]
     let time = match query.time_bucket() {
         None => "''".to_string(),
         Some(bucket) => {
-            values.push(Value::Text(query.tz.clone()));
-            match bucket {
-                // Hour reports read hourly rows only: `t` is already the hour.
-                TimeBucket::Hour => "replaceOne(toString(t, ?), ' ', 'T')",
+            let expression = match bucket {
+                // Hour reports read hourly rows only: `t` is already the hour. The label is RFC
+                // 3339 with the zone's offset, so the two hours that share a wall-clock time
+                // when clocks go back stay two rows.
+                TimeBucket::Hour => HOUR_LABEL,
                 TimeBucket::Day => "toString(toDate(t, ?))",
                 TimeBucket::Month => "substring(toString(toDate(t, ?)), 1, 7)",
-            }
-            .to_string()
+            };
+            values.extend(std::iter::repeat_n(Value::Text(query.tz.clone()), expression.matches('?').count()));
+            expression.to_string()
         }
     };
     let project_key = if query.keys.contains(&Key::Project) { "project_id" } else { "''" };
@@ -173,16 +175,15 @@ pub fn statement(query: &ReportQuery, project: Option<&str>, branches: &[Branch]
         })
         .collect();
     let counts: Vec<String> = count_columns().map(|column| format!("sum({column})")).collect();
-    let keys: Vec<String> = query
-        .keys
-        .iter()
-        .map(|key| match key {
-            Key::Project => "key_project".to_string(),
-            Key::Time(_) => "key_time".to_string(),
-            Key::Dimension(dimension) => format!("key_{dimension}"),
-        })
-        .collect();
-    let grouping = if keys.is_empty() { String::new() } else { format!(" GROUP BY {keys} ORDER BY {keys}", keys = keys.join(", ")) };
+    let key_column = |key: &Key| match key {
+        Key::Project => "key_project".to_string(),
+        Key::Time(_) => "key_time".to_string(),
+        Key::Dimension(dimension) => format!("key_{dimension}"),
+    };
+    let keys: Vec<String> = query.keys.iter().map(key_column).collect();
+    // Time buckets sort by their first hour, not their label (labels with offsets do not sort).
+    let order: Vec<String> = query.keys.iter().map(|key| if let Key::Time(_) = key { "min(t)".to_string() } else { key_column(key) }).collect();
+    let grouping = if keys.is_empty() { String::new() } else { format!(" GROUP BY {} ORDER BY {}", keys.join(", "), order.join(", ")) };
     let sql = format!(
         "SELECT {project_key} AS key_project, {time} AS key_time, {dimension_keys}, [{counts}] AS counts, toString(sum(cost)) AS cost
          FROM ({union}){grouping}",
@@ -192,6 +193,13 @@ pub fn statement(query: &ReportQuery, project: Option<&str>, branches: &[Branch]
     );
     (sql, values)
 }
+
+/// An hour `t` in the zone `?`, as `2026-10-25T02:00:00+01:00`. The offset is the local wall
+/// time read as UTC minus `t` (18.16 has no function that gives it).
+const HOUR_LABEL: &str = "concat(replaceOne(toString(t, ?), ' ', 'T'), \
+     if(toInt64(toDateTime(toString(t, ?), 'UTC')) < toInt64(t), '-', '+'), \
+     substring(toString(100 + intDiv(abs(toInt64(toDateTime(toString(t, ?), 'UTC')) - toInt64(t)), 3600)), 2, 2), ':', \
+     substring(toString(100 + intDiv(abs(toInt64(toDateTime(toString(t, ?), 'UTC')) - toInt64(t)) % 3600, 60)), 2, 2))";
 
 /// A bound value of [`statement`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +235,6 @@ mod tests {
             values,
             [Value::Text("Europe/Berlin".into()), Value::Text("p1".into()), Value::Seconds(0), Value::Seconds(3_600), Value::Text("m1".into())]
         );
-        assert!(sql.contains("GROUP BY key_time, key_model ORDER BY key_time, key_model"), "{sql}");
+        assert!(sql.contains("GROUP BY key_time, key_model ORDER BY min(t), key_model"), "{sql}");
     }
 }
