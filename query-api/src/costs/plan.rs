@@ -5,7 +5,7 @@
 //! then counted once (see [`tally_common::rollup::compaction`]).
 
 use tally_common::rollup::compaction::{self, Frontier};
-use tally_common::rollup::{BATCH_TABLE, COMPACT_DAILY_TABLE, COMPACT_HOURLY_TABLE, COMPACT_TOTALS_TABLE};
+use tally_common::rollup::{Dimension, BATCH_TABLE, COMPACT_DAILY_TABLE, COMPACT_HOURLY_TABLE, COMPACT_TOTALS_TABLE};
 
 use super::query::CostQuery;
 use crate::params::ceil_to;
@@ -29,6 +29,23 @@ pub struct Branch {
 impl Branch {
     fn batches(from: i64, to: i64, condition: Option<String>) -> Self {
         Branch { table: BATCH_TABLE, time: "hour", has_dimensions: true, has_user: true, from, to, condition }
+    }
+
+    /// The dimension columns of a SELECT over this branch, in [`Dimension::ALL`] order: each
+    /// column, or an empty string under its name where the table lacks it.
+    pub fn dimension_columns(&self) -> String {
+        let columns: Vec<String> = Dimension::ALL
+            .iter()
+            .map(|dimension| {
+                let present = if dimension.compacted() { self.has_dimensions } else { self.has_user };
+                if present {
+                    dimension.column().to_string()
+                } else {
+                    format!("'' AS {dimension}")
+                }
+            })
+            .collect();
+        columns.join(", ")
     }
 
     /// Compacted rows per hour (`day` false) or day; `totals`: the rows without dimensions.

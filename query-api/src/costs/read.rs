@@ -62,23 +62,12 @@ fn statement(query: &CostQuery, branches: &[Branch], max_points: usize) -> Strin
     let union: Vec<String> = branches
         .iter()
         .map(|branch| {
-            let dimensions: Vec<String> = Dimension::ALL
-                .iter()
-                .map(|dimension| {
-                    let present = if dimension.compacted() { branch.has_dimensions } else { branch.has_user };
-                    if present {
-                        dimension.column().to_string()
-                    } else {
-                        format!("'' AS {dimension}")
-                    }
-                })
-                .collect();
             format!(
                 "SELECT {time} AS t, {dimensions}, {metrics}
                  FROM {table} FINAL PREWHERE project_id = ? AND {time} >= toDateTime(?) AND {time} < toDateTime(?){filters}{condition}",
                 time = branch.time,
                 table = branch.table,
-                dimensions = dimensions.join(", "),
+                dimensions = branch.dimension_columns(),
                 condition = branch.condition.as_ref().map(|c| format!(" AND {c}")).unwrap_or_default(),
             )
         })

@@ -151,24 +151,13 @@ pub fn statement(query: &ReportQuery, project: Option<&str>, branches: &[Branch]
             values.push(Value::Seconds(branch.from));
             values.push(Value::Seconds(branch.to));
             values.extend(query.filters.iter().map(|(_, value)| Value::Text(value.clone())));
-            let dimensions: Vec<String> = Dimension::ALL
-                .iter()
-                .map(|dimension| {
-                    let present = if dimension.compacted() { branch.has_dimensions } else { branch.has_user };
-                    if present {
-                        dimension.column().to_string()
-                    } else {
-                        format!("'' AS {dimension}")
-                    }
-                })
-                .collect();
             let metrics: Vec<&str> = METRICS.iter().map(|metric| metric.column).collect();
             format!(
                 "SELECT project_id, {time} AS t, {dimensions}, {metrics}
                  FROM {table} FINAL PREWHERE {project_condition}{time} >= toDateTime(?) AND {time} < toDateTime(?){filters}{condition}",
                 time = branch.time,
                 table = branch.table,
-                dimensions = dimensions.join(", "),
+                dimensions = branch.dimension_columns(),
                 metrics = metrics.join(", "),
                 condition = branch.condition.as_ref().map(|c| format!(" AND {c}")).unwrap_or_default(),
             )
