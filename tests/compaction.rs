@@ -15,7 +15,7 @@ use support::truth::{self, set_price, stored, START_MS};
 use support::{eventually, TestEnv};
 use tally_common::rollup::compaction;
 use tally_common::stores;
-use tally_processor::compaction::{CompactionOutcome, Compactor};
+use tally_processor::compaction::CompactionOutcome;
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -123,11 +123,7 @@ async fn compaction_keeps_every_answer_exact() {
     env.start_processor().await;
     let query = env.start_query_api().await;
     let key = env.api_key("acme").await;
-    let compactor = Compactor {
-        pool: env.pool.clone(),
-        clickhouse: stores::clickhouse_client(&env.config.clickhouse),
-        topic: env.config.kafka.topic.clone(),
-    };
+    let compactor = env.compactor();
 
     let (first, mut cost) = events(0, 1_200);
     send(&env, &ingest, &key, first).await;

@@ -17,8 +17,7 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use support::truth::{self, set_price, START_MS};
 use support::{eventually, TestEnv};
-use tally_common::stores;
-use tally_processor::compaction::{CompactionOutcome, Compactor};
+use tally_processor::compaction::CompactionOutcome;
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -243,8 +242,7 @@ async fn reports_equal_the_events_sent_in_every_format() {
     env.start_processor().await;
     let query = env.start_query_api().await;
     let (acme, globex) = (env.api_key("acme").await, env.api_key("globex").await);
-    let compactor =
-        Compactor { pool: env.pool.clone(), clickhouse: stores::clickhouse_client(&env.config.clickhouse), topic: env.config.kafka.topic.clone() };
+    let compactor = env.compactor();
 
     let (acme_events, acme_sent): (Vec<Value>, Vec<Sent>) = (0..1_500).map(|index| event("acme", index)).unzip();
     let (globex_events, globex_sent): (Vec<Value>, Vec<Sent>) = (0..200).map(|index| event("globex", index)).unzip();

@@ -158,6 +158,16 @@ impl TestEnv {
         format!("http://{address}")
     }
 
+    /// A compactor over this environment's stores, for tests that compact at chosen moments
+    /// (with `processor.compaction_interval_ms = 0` so the processor does not).
+    pub fn compactor(&self) -> tally_processor::compaction::Compactor {
+        tally_processor::compaction::Compactor {
+            pool: self.pool.clone(),
+            clickhouse: stores::clickhouse_client(&self.config.clickhouse),
+            topic: self.config.kafka.topic.clone(),
+        }
+    }
+
     pub async fn api_key(&self, project: &str) -> String {
         keys::create_key(&self.pool, project).await.expect("create key").key
     }
