@@ -176,14 +176,13 @@ impl Report {
     }
 }
 
+/// As any query's error, with the timeout's message naming the report's own limit.
 fn report_error(error: &clickhouse::error::Error, max_execution_secs: u32) -> ApiError {
-    if error.to_string().contains("Code: 159") {
-        return ApiError {
-            message: format!("the report ran longer than {max_execution_secs} s (query.report_max_execution_secs); narrow the range or group by fewer keys"),
-            ..limits::clickhouse_error("reading the cost report", error, max_execution_secs)
-        };
+    let mut answer = limits::clickhouse_error("reading the cost report", error, max_execution_secs);
+    if answer.code == "query_timeout" {
+        answer.message = format!("the report ran longer than {max_execution_secs} s (query.report_max_execution_secs); narrow the range or group by fewer keys");
     }
-    limits::clickhouse_error("reading the cost report", error, max_execution_secs)
+    answer
 }
 
 /// `GET /v1/reports/costs`: the report of the key's project, streamed. The project's query

@@ -142,6 +142,7 @@ pub fn statement(query: &ReportQuery, project: Option<&str>, branches: &[Branch]
         .collect();
     let filters: String = query.filters.iter().map(|(dimension, _)| format!(" AND {dimension} = ?")).collect();
     let project_condition = if project.is_some() { "project_id = ? AND " } else { "" };
+    let metrics: Vec<&str> = METRICS.iter().map(|metric| metric.column).collect();
     let union: Vec<String> = branches
         .iter()
         .map(|branch| {
@@ -151,7 +152,6 @@ pub fn statement(query: &ReportQuery, project: Option<&str>, branches: &[Branch]
             values.push(Value::Seconds(branch.from));
             values.push(Value::Seconds(branch.to));
             values.extend(query.filters.iter().map(|(_, value)| Value::Text(value.clone())));
-            let metrics: Vec<&str> = METRICS.iter().map(|metric| metric.column).collect();
             format!(
                 "SELECT project_id, {time} AS t, {dimensions}, {metrics}
                  FROM {table} FINAL PREWHERE {project_condition}{time} >= toDateTime(?) AND {time} < toDateTime(?){filters}{condition}",
