@@ -1,8 +1,10 @@
 //! `tally`: one binary for every Tally service and admin command.
 //!
 //! Services (`ingest`, `processor`, `query-api`) run until SIGINT/SIGTERM and then shut down
-//! gracefully. Admin commands (`migrate`, `keys`, `prices`, `dlq`, `config`) do one thing and
+//! gracefully. Admin commands (`migrate`, `keys`, `prices`, `limits`, `dlq`, `report`, `replay`, `reprice`, `config`) do one thing and
 //! exit non-zero with a message naming what failed. Configuration: see `tally config --help`.
+
+mod replay_cli;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -74,6 +76,13 @@ enum Command {
     /// Write a batch cost report (CSV, JSON or NDJSON) of one project or of all of them, from
     /// the cost rollup; the same report as GET /v1/reports/costs.
     Report(ReportArgs),
+    /// Recompute every derived store (rollups and their compactions, cache statistics, rate
+    /// windows, agent run totals) for a range of hours, from Kafka or the archive, beside the
+    /// live processor; idempotent.
+    Replay(replay_cli::ReplayArgs),
+    /// Recompute the cost of the processor-priced events of a range with the prices in force at
+    /// each event's time, rewrite the stores, print the diff; `tally reprice history` lists them.
+    Reprice(replay_cli::RepriceArgs),
     /// Print the effective configuration (secrets hidden).
     Config,
 }
@@ -264,6 +273,8 @@ fn main() -> anyhow::Result<()> {
             Command::Limits { command } => run_limits(&config, command).await,
             Command::Dlq { command } => run_dlq(&config, command).await,
             Command::Report(args) => run_report(&config, args).await,
+            Command::Replay(args) => replay_cli::run_replay(&config, args).await,
+            Command::Reprice(args) => replay_cli::run_reprice(&config, args).await,
             Command::Config => {
                 println!("{config:#?}");
                 Ok(())

@@ -43,6 +43,7 @@ pub const POSTGRES: &[MigrationFile] = &[
     migration!("postgres", "0003_key_scopes.sql"),
     migration!("postgres", "0004_subject_limits.sql"),
     migration!("postgres", "0005_grafana_reader.sql"),
+    migration!("postgres", "0006_replays.sql"),
 ];
 
 /// ClickHouse migrations, in order. `{db}` is replaced by the configured database name.

@@ -62,17 +62,44 @@ pub struct Compactor {
     pub topic: String,
 }
 
+/// Hours `[from, to)` (epoch seconds, whole hours) whose compacted rows a replay has made
+/// stale: a rebuild recomputes them from all their committed batch rows, whatever the frontier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleHours {
+    pub from: u32,
+    pub to: u32,
+}
+
+impl StaleHours {
+    fn condition(&self) -> String {
+        format!("(hour >= toDateTime({}) AND hour < toDateTime({}))", self.from, self.to)
+    }
+}
+
 impl Compactor {
-    #[tracing::instrument(name = "compaction", skip_all, fields(topic = %self.topic))]
+    /// One compaction run; `Busy` when another worker holds the lock.
     pub async fn run_once(&self) -> Result<CompactionOutcome, CompactionError> {
+        self.run(None).await
+    }
+
+    /// A run that also rebuilds `stale` from all its committed batch rows (after a replay
+    /// rewrote batch rows below the frontier). Waits for the lock instead of skipping.
+    pub async fn rebuild(&self, stale: StaleHours) -> Result<CompactionOutcome, CompactionError> {
+        self.run(Some(stale)).await
+    }
+
+    #[tracing::instrument(name = "compaction", skip_all, fields(topic = %self.topic, rebuild = stale.is_some()))]
+    async fn run(&self, stale: Option<StaleHours>) -> Result<CompactionOutcome, CompactionError> {
         // The transaction only holds the lock; it ends (and releases it) when the run does.
         let mut transaction = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
-            .bind(format!("tally-compaction:{}", self.topic))
-            .fetch_one(&mut *transaction)
-            .await?;
-        if !locked {
-            return Ok(CompactionOutcome::Busy);
+        let lock = format!("tally-compaction:{}", self.topic);
+        if stale.is_some() {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(&lock).execute(&mut *transaction).await?;
+        } else {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))").bind(&lock).fetch_one(&mut *transaction).await?;
+            if !locked {
+                return Ok(CompactionOutcome::Busy);
+            }
         }
         let committed = progress::committed(&mut *transaction, &self.topic).await?;
         let done = compaction::last_done(&self.clickhouse).await?;
@@ -81,46 +108,81 @@ impl Compactor {
         let latest_version = latest.as_ref().map_or(0, |marker| marker.version);
         let from = done.map(|marker| marker.frontier).unwrap_or_default();
         // A crashed run always had new rows (it writes nothing otherwise), so they are still there.
-        let Some(delta) = compaction::between(&from, &committed) else {
+        let delta = compaction::between(&from, &committed);
+        if delta.is_none() && stale.is_none() {
             return Ok(CompactionOutcome::UpToDate);
-        };
+        }
         let rebuilt = latest_version > done_version;
-        let version = latest_version + 1;
+        // Rows zeroed before a rebuild get `version - 1`, so that the rebuilt rows win.
+        let version = latest_version + 2;
 
         compaction::write_marker(&self.clickhouse, version, MarkerState::Started, &committed).await?;
         let (dimensions, metrics, sums) = (rollup::compacted_dimension_columns(), rollup::metric_columns(), rollup::sums(SumStyle::Insert));
         let (dimensions, metrics, sums) = (dimensions.as_str(), metrics.as_str(), sums.as_str());
-        let touched_hours = format!("(project_id, hour) IN (SELECT project_id, hour FROM cost_rollup_batches PREWHERE {delta})");
-        let hourly = if rebuilt {
+        let new_hours = delta.as_ref().map(|delta| format!("(project_id, hour) IN (SELECT project_id, hour FROM cost_rollup_batches PREWHERE {delta})"));
+        let stale_hours = stale.map(|stale| stale.condition());
+        if rebuilt {
             tracing::warn!(version, "the previous compaction did not finish; rebuilding the hours it may have touched");
-            format!(
+        }
+        // Hours rebuilt from all their committed rows (stale ones, and after a crashed run every
+        // touched one), and hours that only add the rows new since the frontier.
+        let (rebuild, add) = if rebuilt {
+            (any_of([new_hours.clone(), stale_hours.clone()]), None)
+        } else {
+            let add = match (&new_hours, &stale_hours) {
+                (Some(new), Some(stale)) => Some(format!("({new} AND NOT {stale})")),
+                (new, _) => new.clone(),
+            };
+            (stale_hours.clone(), add)
+        };
+        if let Some(hours) = &rebuild {
+            // Zero first: a (hour, dimensions) that no committed row has any more must not keep
+            // its old compacted value.
+            let zero = format!(
+                "INSERT INTO cost_compact_hourly (project_id, hour, {dimensions}, version)
+                 SELECT project_id, hour, {dimensions}, toUInt64({zero_version})
+                 FROM cost_compact_hourly PREWHERE {hours}
+                 GROUP BY project_id, hour, {dimensions}",
+                zero_version = version - 1,
+            );
+            self.clickhouse.query(&zero).execute().await?;
+            let rebuild = format!(
                 "INSERT INTO cost_compact_hourly (project_id, hour, {dimensions}, version, {metrics})
                  SELECT project_id, hour, {dimensions}, toUInt64({version}), {sums}
                  FROM cost_rollup_batches FINAL
-                 PREWHERE {touched_hours} AND {committed_rows}
+                 PREWHERE {hours} AND {committed_rows}
                  GROUP BY project_id, hour, {dimensions}",
                 committed_rows = compaction::below(&committed),
-            )
-        } else {
-            format!(
+            );
+            self.clickhouse.query(&rebuild).execute().await?;
+        }
+        if let (Some(hours), Some(delta)) = (&add, &delta) {
+            let add = format!(
                 "INSERT INTO cost_compact_hourly (project_id, hour, {dimensions}, version, {metrics})
                  SELECT project_id, hour, {dimensions}, toUInt64({version}), {sums}
                  FROM (
-                     SELECT project_id, hour, {dimensions}, {metrics} FROM cost_compact_hourly FINAL PREWHERE {touched_hours}
+                     SELECT project_id, hour, {dimensions}, {metrics} FROM cost_compact_hourly FINAL PREWHERE {hours}
                      UNION ALL
-                     SELECT project_id, hour, {dimensions}, {metrics} FROM cost_rollup_batches FINAL PREWHERE {delta}
+                     SELECT project_id, hour, {dimensions}, {metrics} FROM cost_rollup_batches FINAL PREWHERE {delta} AND {hours}
                  )
                  GROUP BY project_id, hour, {dimensions}"
-            )
-        };
-        self.clickhouse.query(&hourly).execute().await?;
+            );
+            self.clickhouse.query(&add).execute().await?;
+        }
+        // The touched (project, hour) pairs, read from the hourly rows just written.
+        let touched_hours = format!(
+            "(project_id, hour) IN (SELECT project_id, hour FROM cost_compact_hourly PREWHERE version >= {zero_version} AND {hours})",
+            zero_version = version - 1,
+            hours = any_of([new_hours, stale_hours]).unwrap_or_else(|| "0".into()),
+        );
+        let touched_days = format!("(SELECT DISTINCT project_id, intDiv(toUInt32(hour), 86400) * 86400 AS touched_day FROM cost_compact_hourly PREWHERE {touched_hours})");
         let daily = format!(
             "INSERT INTO cost_compact_daily (project_id, day, {dimensions}, version, {metrics})
              SELECT project_id, {DAY} AS day, {dimensions}, toUInt64({version}), {sums}
              FROM cost_compact_hourly FINAL
              PREWHERE (project_id, hour) IN (
                  SELECT project_id, toDateTime(touched_day + 3600 * hour_of_day)
-                 FROM (SELECT DISTINCT project_id, intDiv(toUInt32(hour), 86400) * 86400 AS touched_day FROM cost_rollup_batches PREWHERE {delta})
+                 FROM {touched_days}
                  ARRAY JOIN range(24) AS hour_of_day)
              GROUP BY project_id, day, {dimensions}"
         );
@@ -128,7 +190,7 @@ impl Compactor {
         // Totals without dimensions, per touched hour and day, from the hourly rows.
         for (granularity, time, source, touched) in [
             ("hour", "hour", "cost_compact_hourly", touched_hours.clone()),
-            ("day", "day", "cost_compact_daily", format!("(project_id, day) IN (SELECT project_id, {DAY} FROM cost_rollup_batches PREWHERE {delta})")),
+            ("day", "day", "cost_compact_daily", format!("(project_id, day) IN (SELECT project_id, toDateTime(touched_day) FROM {touched_days})")),
         ] {
             let totals = format!(
                 "INSERT INTO cost_compact_totals (project_id, granularity, t, version, {metrics})
@@ -140,8 +202,14 @@ impl Compactor {
         }
         compaction::write_marker(&self.clickhouse, version, MarkerState::Done, &committed).await?;
         transaction.commit().await?;
-        Ok(CompactionOutcome::Compacted { version, frontier: committed, rebuilt })
+        Ok(CompactionOutcome::Compacted { version, frontier: committed, rebuilt: rebuilt || stale.is_some() })
     }
+}
+
+/// `a OR b` of the conditions present.
+fn any_of<const N: usize>(conditions: [Option<String>; N]) -> Option<String> {
+    let present: Vec<String> = conditions.into_iter().flatten().collect();
+    (!present.is_empty()).then(|| format!("({})", present.join(" OR ")))
 }
 
 /// Runs the compactor every `every` until `shutdown`. Errors are logged and retried next time:

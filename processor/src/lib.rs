@@ -31,6 +31,7 @@ pub mod limits_mirror;
 pub mod live_windows;
 pub mod metrics;
 pub mod prices;
+pub mod replay;
 pub mod schema;
 pub mod sink;
 

@@ -238,10 +238,25 @@ impl Drop for Worker {
 /// Starts `tally processor` as a child process on `env`'s stack, topics and databases, with
 /// small batches; its log goes to the temp folder as `tally-{id}-{name}.log`.
 pub fn spawn_processor(env: &TestEnv, name: &str) -> Worker {
-    let config = &env.config;
     let log = std::fs::File::create(std::env::temp_dir().join(format!("tally-{}-{name}.log", env.id))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["processor", "--listen", "127.0.0.1:0"])
+    tally_command(env, &["processor", "--listen", "127.0.0.1:0"])
+        .env("TALLY__PROCESSOR__BATCH_MAX_EVENTS", "400")
+        .env("TALLY__PROCESSOR__BATCH_MAX_WAIT_MS", "100")
+        .env("TALLY__PROCESSOR__COMPACTION_INTERVAL_MS", "200")
+        .env("TALLY__LOG__FILTER", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Worker)
+        .expect("start tally processor")
+}
+
+/// The `tally` binary with `args`, configured for `env`'s stack, topics and databases.
+pub fn tally_command(env: &TestEnv, args: &[&str]) -> Command {
+    let config = &env.config;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+    command
+        .args(args)
         .env("TALLY__KAFKA__BROKERS", &config.kafka.brokers)
         .env("TALLY__KAFKA__TOPIC", &config.kafka.topic)
         .env("TALLY__KAFKA__DEAD_LETTER_TOPIC", &config.kafka.dead_letter_topic)
@@ -252,15 +267,8 @@ pub fn spawn_processor(env: &TestEnv, name: &str) -> Worker {
         .env("TALLY__REDIS__URL", config.redis.url.expose())
         .env("TALLY__REDIS__KEY_PREFIX", &config.redis.key_prefix)
         .env("TALLY__PROCESSOR__LIVE_WINDOW_RECONCILE_MS", config.processor.live_window_reconcile_ms.to_string())
-        .env("TALLY__PROCESSOR__BATCH_MAX_EVENTS", "400")
-        .env("TALLY__PROCESSOR__BATCH_MAX_WAIT_MS", "100")
-        .env("TALLY__PROCESSOR__COMPACTION_INTERVAL_MS", "200")
-        .env("TALLY__LOG__FILTER", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(Worker)
-        .expect("start tally processor")
+        .env("TALLY__LOG__FILTER", "warn");
+    command
 }
 
 fn tracing_subscriber_init() {

@@ -102,6 +102,12 @@ pub async fn send_all(http: reqwest::Client, url: String, key: String, count: us
 /// Sends `count` events in batches of `batch`, pausing `pause` between batches, resending a
 /// batch until it is acknowledged whole; returns the truth and how many sends were refused.
 pub async fn send_paced(http: reqwest::Client, url: String, key: String, count: usize, batch: usize, pause: Duration) -> (Truth, u64) {
+    send_events(http, url, key, (0..count).map(event).collect(), batch, pause).await
+}
+
+/// [`send_paced`] of the given events and their costs.
+pub async fn send_events(http: reqwest::Client, url: String, key: String, events: Vec<(Value, Decimal)>, batch: usize, pause: Duration) -> (Truth, u64) {
+    let count = events.len();
     let mut refused = 0u64;
     // A bound, so that a pipeline that never recovers fails the test instead of hanging it.
     let give_up = std::time::Instant::now() + Duration::from_secs(600);
@@ -109,7 +115,7 @@ pub async fn send_paced(http: reqwest::Client, url: String, key: String, count: 
     let mut index = 0;
     while index < count {
         tokio::time::sleep(pause).await;
-        let batch: Vec<(Value, Decimal)> = (index..(index + batch).min(count)).map(event).collect();
+        let batch: Vec<(Value, Decimal)> = events[index..(index + batch).min(count)].to_vec();
         let body = json!({"events": batch.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>()}).to_string();
         loop {
             assert!(std::time::Instant::now() < give_up, "ingest did not acknowledge batch at {index} within 10 minutes ({refused} refusals)");

@@ -36,7 +36,7 @@ use rust_decimal::Decimal;
 use tally_schemas::{AgentRun, Generation};
 
 pub use self::check::Rejected;
-use crate::prices::{CostSource, ModelPrice, PriceTable};
+use crate::prices::{CostSource, ModelPrice, PriceTable, Pricing};
 
 /// A counted generation that the stores can hold, with its cost.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +116,19 @@ pub fn compute(
     runs: &[(i64, &AgentRun)],
     prices: &PriceTable,
 ) -> BatchOutput {
+    compute_with(partition, start, end, generations, runs, |generation| prices.price(generation))
+}
+
+/// [`compute`] with the pricing chosen by the caller: a reprice of one model keeps the stored
+/// cost of the other models' events (processor/src/replay).
+pub fn compute_with<'a>(
+    partition: i32,
+    start: i64,
+    end: i64,
+    generations: &[(i64, &'a Generation)],
+    runs: &[(i64, &'a AgentRun)],
+    price: impl Fn(&'a Generation) -> Pricing<'a>,
+) -> BatchOutput {
     let mut output = BatchOutput::default();
     let mut batch = Batch { partition, start, end, generations: Vec::with_capacity(generations.len()), runs: runs.to_vec() };
     for (offset, generation) in generations {
@@ -123,7 +136,7 @@ pub fn compute(
             output.rejected.push(Rejected { offset: *offset, reason });
             continue;
         }
-        let pricing = prices.price(generation);
+        let pricing = price(generation);
         match pricing.source {
             CostSource::Unpriced => output.unpriced += 1,
             CostSource::Priced | CostSource::Client => output.priced += 1,

@@ -7,7 +7,7 @@ use tally_schemas::CacheStatus;
 use super::{Batch, ClickHouseOutput, DerivedOutput};
 
 /// A row of ClickHouse `generations`.
-#[derive(Debug, Clone, clickhouse::Row, serde::Serialize)]
+#[derive(Debug, Clone, clickhouse::Row, serde::Serialize, serde::Deserialize)]
 pub struct GenerationRow {
     pub project_id: String,
     pub event_id: String,

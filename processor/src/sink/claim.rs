@@ -26,6 +26,11 @@ pub(super) fn event_key(event: &Event, name: &mut Vec<u8>) -> Uuid {
         Event::Generation(generation) => (&generation.project_id, &generation.event_id),
         Event::AgentRun(run) => (&run.project_id, &run.event_id),
     };
+    dedup_key(project, event_id, name)
+}
+
+/// [`event_key`] of a `(project_id, event_id)`.
+pub(crate) fn dedup_key(project: &str, event_id: &str, name: &mut Vec<u8>) -> Uuid {
     name.clear();
     name.extend_from_slice(project.as_bytes());
     name.push(0);

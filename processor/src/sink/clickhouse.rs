@@ -141,6 +141,15 @@ impl Sink {
     }
 }
 
+/// Inserts `rows` of the output `O` into its table, in as few inserts as `max_partitions`
+/// allows (a replay writes its rows through this too).
+pub(crate) async fn insert_output_rows<O: ClickHouseOutput>(client: &clickhouse::Client, rows: Vec<&O::Row>, max_partitions: usize) -> Result<(), SinkError> {
+    for rows in by_partitions(rows, O::partition_time, max_partitions) {
+        insert(client, O::TABLE, rows).await?;
+    }
+    Ok(())
+}
+
 async fn insert<T: RowOwned + RowWrite>(client: &clickhouse::Client, table: &str, rows: Vec<&T>) -> Result<(), SinkError> {
     if rows.is_empty() {
         return Ok(());

@@ -23,7 +23,7 @@ use crate::derived::BatchOutput;
 /// drains. Serialising only this part of the commit costs little: the upserts take ~5 µs per
 /// event, while the claims and the ClickHouse inserts of the lanes still overlap. The key is
 /// arbitrary but fixed.
-const AGENT_RUNS_LOCK: i64 = 0x7461_6c6c_7972_756e; // "tallyrun"
+pub(crate) const AGENT_RUNS_LOCK: i64 = 0x7461_6c6c_7972_756e; // "tallyrun"
 
 fn timestamp(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)

@@ -38,10 +38,13 @@
 
 mod claim;
 mod clickhouse;
-mod commit;
+pub(crate) mod commit;
 mod dead_letter;
 mod error;
 mod isolate;
+
+pub(crate) use self::claim::dedup_key;
+pub(crate) use self::clickhouse::insert_output_rows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;

@@ -1,0 +1,230 @@
+//! What a replay writes, in order (docs/exactly-once.md, "Replay"):
+//!
+//! 1. [`zero_batch_rows`]: every batch row of the range's hours below the fence gets a zeroed
+//!    row of the same identity with version `v_zero`: the old computation no longer counts.
+//! 2. the chunks' rows (the sink's inserts), identity `(partition, first offset of the chunk)`,
+//!    version `v_rows = v_zero + 1`, so they win over the zeroed rows wherever identities meet.
+//! 3. the compaction rebuild of the range's hours (processor/src/compaction.rs).
+//! 4. [`set_run_totals`]: the totals of every touched agent run, *set* from the raw rows.
+//! 5. [`forget_live_windows`]: the live windows in Redis are rebuilt from ClickHouse.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use tally_common::rollup::compaction::{self, Frontier};
+use time::OffsetDateTime;
+
+use super::range::HourRange;
+use super::source::below_fence;
+use super::ReplayError;
+
+/// A batch-versioned table: its name, its time column and its identity (the sorting key).
+pub struct BatchTable {
+    pub table: &'static str,
+    pub time: &'static str,
+    pub identity: &'static str,
+}
+
+pub const BATCH_TABLES: [BatchTable; 3] = [
+    BatchTable {
+        table: "cost_rollup_batches",
+        time: "hour",
+        identity: "source_partition, source_batch_start, project_id, hour, application, environment, provider, model, user_id",
+    },
+    BatchTable {
+        table: "cache_stats_batches",
+        time: "hour",
+        identity: "source_partition, source_batch_start, project_id, hour, application, environment, provider, model, cache_kind",
+    },
+    BatchTable { table: "rate_windows_batches", time: "minute", identity: "source_partition, source_batch_start, project_id, subject_kind, subject, minute" },
+];
+
+fn batch_rows(table: &BatchTable, range: HourRange, fence: &Frontier) -> String {
+    format!(
+        "FROM {table} PREWHERE {time} >= toDateTime({from}) AND {time} < toDateTime({to}) AND (? = '' OR project_id = ?) AND {below}
+         GROUP BY {identity}",
+        table = table.table,
+        time = table.time,
+        from = range.from,
+        to = range.to,
+        below = compaction::below(fence),
+        identity = table.identity,
+    )
+}
+
+/// Step 1 (or, with `dry_run`, only the count): the identities of the batch rows of `range`
+/// below `fence` per table, zeroed with version `version`.
+pub async fn zero_batch_rows(
+    clickhouse: &clickhouse::Client,
+    range: HourRange,
+    project: Option<&str>,
+    fence: &Frontier,
+    version: u64,
+    dry_run: bool,
+) -> Result<Vec<(&'static str, u64)>, ReplayError> {
+    let project = project.unwrap_or("");
+    let mut counts = Vec::new();
+    for table in &BATCH_TABLES {
+        let rows = batch_rows(table, range, fence);
+        let count: u64 = clickhouse
+            .query(&format!("SELECT count() FROM (SELECT {identity} {rows})", identity = table.identity))
+            .bind(project)
+            .bind(project)
+            .fetch_one()
+            .await?;
+        if !dry_run && count > 0 {
+            // Columns not named get their type's zero (0, empty histogram arrays).
+            clickhouse
+                .query(&format!(
+                    "INSERT INTO {name} ({identity}, batch_end) SELECT {identity}, toUInt64({version}) {rows}",
+                    name = table.table,
+                    identity = table.identity
+                ))
+                .bind(project)
+                .bind(project)
+                .execute()
+                .await?;
+        }
+        counts.push((table.table, count));
+    }
+    Ok(counts)
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct RunTotalsRow {
+    project_id: String,
+    run: String,
+    generation_total: u64,
+    error_total: u64,
+    input_total: i64,
+    output_total: i64,
+    cache_read_total: i64,
+    cache_creation_total: i64,
+    reasoning_total: i64,
+    cost_total: String,
+    unpriced_total: u64,
+    first_us: i64,
+    last_us: i64,
+}
+
+fn timestamp(micros: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Step 4: the generation totals of `runs`, set (not added) from every raw row of theirs that
+/// Postgres has committed, read under the lock every commit takes before it adds to
+/// `agent_runs`: a commit waiting behind it adds only its own batch, which the rows read here
+/// do not include. Returns how many runs were set.
+pub async fn set_run_totals(pool: &PgPool, clickhouse: &clickhouse::Client, topic: &str, runs: &BTreeSet<(String, String)>) -> Result<u64, ReplayError> {
+    if runs.is_empty() {
+        return Ok(0);
+    }
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(crate::sink::commit::AGENT_RUNS_LOCK).execute(&mut *transaction).await?;
+    let committed = tally_common::rollup::progress::committed(&mut *transaction, topic).await?;
+    let below = below_fence(&committed);
+    let runs: Vec<&(String, String)> = runs.iter().collect();
+    let mut set = 0;
+    for group in runs.chunks(1_000) {
+        let projects: BTreeSet<&str> = group.iter().map(|(project, _)| project.as_str()).collect();
+        let ids: Vec<&str> = group.iter().map(|(_, run)| run.as_str()).collect();
+        let rows: Vec<RunTotalsRow> = clickhouse
+            .query(&format!(
+                "SELECT project_id, assumeNotNull(agent_run_id) AS run, count() AS generation_total, countIf(status = 2) AS error_total,
+                        sum(input_tokens) AS input_total, sum(output_tokens) AS output_total,
+                        sum(cache_read_input_tokens) AS cache_read_total, sum(cache_creation_input_tokens) AS cache_creation_total,
+                        sum(reasoning_tokens) AS reasoning_total,
+                        toString(sumIf(assumeNotNull(cost), isNotNull(cost))) AS cost_total, countIf(isNull(cost)) AS unpriced_total,
+                        min(start_time_us) AS first_us, max(start_time_us + duration_us) AS last_us
+                 FROM generations FINAL
+                 PREWHERE has(?, project_id)
+                 WHERE isNotNull(agent_run_id) AND has(?, assumeNotNull(agent_run_id)) AND {below}
+                 GROUP BY project_id, run"
+            ))
+            .bind(projects.into_iter().collect::<Vec<_>>())
+            .bind(&ids)
+            .fetch_all()
+            .await?;
+        let mut totals: HashMap<(&str, &str), &RunTotalsRow> = HashMap::new();
+        for row in &rows {
+            totals.insert((row.project_id.as_str(), row.run.as_str()), row);
+        }
+        let mut columns: (Vec<&str>, Vec<&str>) = Default::default();
+        let mut counts: [Vec<i64>; 8] = Default::default();
+        let (mut costs, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
+        for (project, run) in group {
+            let Some(row) = totals.get(&(project.as_str(), run.as_str())) else { continue };
+            columns.0.push(project);
+            columns.1.push(run);
+            for (column, value) in counts.iter_mut().zip([
+                row.generation_total as i64,
+                row.error_total as i64,
+                row.input_total,
+                row.output_total,
+                row.cache_read_total,
+                row.cache_creation_total,
+                row.reasoning_total,
+                row.unpriced_total as i64,
+            ]) {
+                column.push(value);
+            }
+            costs.push(row.cost_total.parse::<Decimal>().map_err(|error| ReplayError::ClickHouse(format!("run cost {:?}: {error}", row.cost_total)))?);
+            firsts.push(timestamp(row.first_us));
+            lasts.push(timestamp(row.last_us));
+        }
+        set += columns.0.len() as u64;
+        sqlx::query(
+            "INSERT INTO agent_runs AS r (project_id, run_id, first_generation_at, started_at, generation_count, error_count,
+                    input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, reasoning_tokens,
+                    unpriced_count, cost, first_seen_at, last_seen_at)
+             SELECT p, id, f, f, gc, ec, it, ot, crt, cct, rt, uc, c, f, l
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
+                         $9::bigint[], $10::bigint[], $11::numeric[], $12::timestamptz[], $13::timestamptz[])
+                  AS x(p, id, gc, ec, it, ot, crt, cct, rt, uc, c, f, l)
+             ON CONFLICT (project_id, run_id) DO UPDATE SET
+                first_generation_at = EXCLUDED.first_generation_at,
+                started_at = COALESCE(r.run_started_at, EXCLUDED.first_generation_at),
+                generation_count = EXCLUDED.generation_count,
+                error_count = EXCLUDED.error_count,
+                input_tokens = EXCLUDED.input_tokens,
+                output_tokens = EXCLUDED.output_tokens,
+                cache_read_input_tokens = EXCLUDED.cache_read_input_tokens,
+                cache_creation_input_tokens = EXCLUDED.cache_creation_input_tokens,
+                reasoning_tokens = EXCLUDED.reasoning_tokens,
+                unpriced_count = EXCLUDED.unpriced_count,
+                cost = EXCLUDED.cost,
+                first_seen_at = LEAST(r.first_seen_at, EXCLUDED.first_seen_at),
+                last_seen_at = GREATEST(r.last_seen_at, EXCLUDED.last_seen_at)",
+        )
+        .bind(&columns.0)
+        .bind(&columns.1)
+        .bind(&counts[0])
+        .bind(&counts[1])
+        .bind(&counts[2])
+        .bind(&counts[3])
+        .bind(&counts[4])
+        .bind(&counts[5])
+        .bind(&counts[6])
+        .bind(&counts[7])
+        .bind(&costs)
+        .bind(&firsts)
+        .bind(&lasts)
+        .execute(&mut *transaction)
+        .await?;
+    }
+    transaction.commit().await?;
+    Ok(set)
+}
+
+/// Step 5: forgets which batches the live windows hold, so that every partition rebuilds its
+/// share of the open windows from ClickHouse (the rows just written included) at its next
+/// batch or the reconciler's next pass (docs/exactly-once.md, "Live rate-limit windows").
+pub async fn forget_live_windows(redis: &redis::Client, prefix: &str, topic: &str) -> Result<(), ReplayError> {
+    let mut connection = redis.get_multiplexed_async_connection().await.map_err(|error| ReplayError::Redis(error.to_string()))?;
+    redis::cmd("DEL")
+        .arg(tally_common::live_windows::applied_key(prefix, topic))
+        .query_async::<()>(&mut connection)
+        .await
+        .map_err(|error| ReplayError::Redis(error.to_string()))
+}
