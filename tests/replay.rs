@@ -238,21 +238,32 @@ async fn replay_rebuilds_deleted_and_corrupted_stores_idempotently_beside_live_i
     assert_eq!(archive["diff"][0]["events_affected"], json!(0), "the archive's costs are already right: {archive}");
     assert_eq!(snapshot(&env).await, clean, "a replay from the archive leaves the same stores");
 
-    // A replay while new events of the same hours are ingested: the fence splits them.
-    let second: Vec<(Value, Decimal)> = (1_500..3_000).map(spread).collect();
-    add(&mut expected, &second);
-    let sender = tokio::spawn(truth::send_events(env.http.clone(), ingest.clone(), key.clone(), second.clone(), 50, Duration::from_millis(150)));
+    // A replay while new events of the same hours are ingested (until the replay is done):
+    // the fence splits them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = tokio::spawn({
+        let (http, ingest, key, stop) = (env.http.clone(), ingest.clone(), key.clone(), stop.clone());
+        async move {
+            let mut sent = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let batch: Vec<(Value, Decimal)> = (1_500 + sent.len()..1_550 + sent.len()).map(spread).collect();
+                truth::send_events(http.clone(), ingest.clone(), key.clone(), batch.clone(), 50, Duration::ZERO).await;
+                sent.extend(batch);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sent
+        }
+    });
     eventually("some of the new events counted", Duration::from_secs(60), || async { (truth::counted(&env).await >= 1_700).then_some(()) }).await;
     let during = replay(&env, &[]).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = sender.await.unwrap();
+    add(&mut expected, &second);
     let replayed = during["events"].as_u64().unwrap();
-    let finished_sending = sender.is_finished();
-    sender.await.unwrap();
-    assert!(
-        replayed > 1_500 && !finished_sending,
-        "the replay ran while new events were being sent (it counted {replayed} below its fence)"
-    );
+    assert!(replayed > 1_500, "events sent during the test were below the fence: {during}");
     truth::assert_exact(&env, &expected).await;
     let all: Vec<(Value, Decimal)> = first.iter().chain(&second).cloned().collect();
+    assert!(all.len() as u64 > replayed + 50, "events were sent after the replay's fence ({} sent, {replayed} below the fence)", all.len());
     assert_eq!(stored_detail(&env).await, detail_of(&all), "events before and after the fence count once each");
 
     // Ranges that make no sense, or that no source holds.
@@ -311,9 +322,11 @@ async fn reprice_applies_the_prices_in_force_at_each_event_and_records_the_diff(
         .collect();
     truth::send_events(env.http.clone(), ingest.clone(), key.clone(), events.clone(), 300, Duration::ZERO).await;
     let clickhouse = stores::clickhouse_client(&env.config.clickhouse);
-    eventually("every event stored", Duration::from_secs(120), || async {
-        let stored: u64 = clickhouse.query("SELECT sum(requests) FROM cost_rollup_batches FINAL").fetch_one().await.ok()?;
-        (stored == 900).then_some(())
+    // Committed, not only written: a replay reads below the committed offsets.
+    eventually("every event committed", Duration::from_secs(120), || async {
+        let (next, pending): (i64, i64) =
+            sqlx::query_as("SELECT COALESCE(sum(next_offset), 0)::bigint, count(pending_end) FROM partition_progress").fetch_one(&env.pool).await.ok()?;
+        (next == 900 && pending == 0).then_some(())
     })
     .await;
 
@@ -356,12 +369,11 @@ async fn reprice_applies_the_prices_in_force_at_each_event_and_records_the_diff(
     let summary = tally(&env, &args).await.unwrap();
     for answer in [&dry, &summary] {
         let rows: BTreeMap<String, &Value> = answer["diff"].as_array().unwrap().iter().map(|row| (row["model"].as_str().unwrap().to_string(), row)).collect();
-        let alpha = rows["alpha"];
+        let (Some(alpha), Some(beta_row)) = (rows.get("alpha"), rows.get("beta")) else { panic!("a diff row per model: {answer}") };
         assert_eq!(alpha["events"], json!(alpha_events), "{answer}");
         assert_eq!(alpha["events_affected"], json!(affected_alpha), "only alpha events from 11:00 change: {answer}");
         assert_eq!(Decimal::from_str(alpha["old_cost"].as_str().unwrap()).unwrap(), (old_alpha + client_cost).normalize(), "{answer}");
         assert_eq!(Decimal::from_str(alpha["new_cost"].as_str().unwrap()).unwrap(), (new_alpha + client_cost).normalize(), "client costs stay as sent: {answer}");
-        let beta_row = rows["beta"];
         assert_eq!((beta_row["events"].clone(), beta_row["events_affected"].clone()), (json!(beta_events), json!(beta_events)));
         assert_eq!(beta_row["old_unpriced"], json!(beta_events));
         assert_eq!(beta_row["new_unpriced"], json!(0), "unpriced events become priced");
