@@ -183,6 +183,8 @@ fn text(summary: &Summary) -> String {
         "read {} in {:.1} s ({:.0}/s): {} events counted, {} rejected",
         summary.read, summary.elapsed_secs, summary.events_per_sec, summary.events, summary.rejected
     );
+    let phases: Vec<String> = summary.phases.iter().map(|(phase, secs)| format!("{phase} {secs:.1} s")).collect();
+    let _ = writeln!(out, "phases: {}", phases.join(", "));
     let superseded: Vec<String> = summary.superseded.iter().map(|(table, count)| format!("{table} {count}")).collect();
     let _ = writeln!(out, "batch rows superseded: {}", superseded.join(", "));
     if !summary.dry_run {

@@ -27,6 +27,7 @@ pub mod write;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use tally_common::config::KafkaConfig;
@@ -184,6 +185,9 @@ pub struct Summary {
     pub runs_set: u64,
     pub elapsed_secs: f64,
     pub events_per_sec: f64,
+    /// Seconds per phase: superseding the old rows, reading and writing, the compaction
+    /// rebuild, the run totals.
+    pub phases: BTreeMap<String, f64>,
     pub diff: Vec<DiffRow>,
     #[serde(with = "rust_decimal::serde::str_option")]
     pub old_cost: Option<Decimal>,
@@ -214,6 +218,15 @@ struct Tally {
     written: BTreeMap<String, u64>,
     runs: BTreeSet<(String, String)>,
     diff: BTreeMap<(String, String, String), DiffRow>,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl Tally {
+    fn add_written(&mut self, written: [(&'static str, u64); 4]) {
+        for (table, rows) in written {
+            *self.written.entry(table.to_string()).or_default() += rows;
+        }
+    }
 }
 
 impl Replayer {
@@ -302,6 +315,7 @@ impl Replayer {
                     written: tally.written,
                     runs_set: tally.runs.len() as u64,
                     elapsed_secs: elapsed,
+                    phases: tally.phases.iter().map(|(phase, secs)| (phase.to_string(), *secs)).collect(),
                     events_per_sec: tally.read as f64 / elapsed.max(1e-9),
                     diff,
                     old_cost,
@@ -378,39 +392,72 @@ impl Replayer {
             }
         };
 
+        let mut phases: Vec<(&'static str, f64)> = Vec::new();
+        let phase = Instant::now();
         let superseded = write::zero_batch_rows(&self.clickhouse, range, project, fence, v_zero, request.dry_run).await?;
         progress.start(total);
+        phases.push(("supersede", phase.elapsed().as_secs_f64()));
+        let phase = Instant::now();
         let mut tally = Tally::default();
         let mut failure = None;
+        // Up to two chunks' writes in flight while the next chunk is computed: their rows have
+        // distinct identities, so their order does not matter.
+        let mut writes = FuturesUnordered::new();
         while let Some(chunk) = chunks.recv().await {
             let step = match chunk {
                 Ok(chunk) => {
                     let read = chunk.read;
-                    let result = self.apply_chunk(request, source_kind, chunk, &prices, v_rows, &mut tally).await;
+                    let result = self.prepare_chunk(request, source_kind, chunk, &prices, v_rows, &mut tally).await;
                     progress.advance(read);
                     result
                 }
                 Err(error) => Err(error),
             };
-            if let Err(error) = step {
-                failure = Some(error);
+            match step {
+                Ok(Some((output, changed))) if !request.dry_run => writes.push(self.write(output, changed)),
+                Ok(_) => {}
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+            while writes.len() >= 2 {
+                match writes.next().await {
+                    Some(Ok(written)) => tally.add_written(written),
+                    Some(Err(error)) => failure = Some(error),
+                    None => {}
+                }
+            }
+            if failure.is_some() {
                 break;
             }
         }
+        while let Some(result) = writes.next().await {
+            match result {
+                Ok(written) => tally.add_written(written),
+                Err(error) => failure = failure.or(Some(error)),
+            }
+        }
+        drop(writes);
         drop(chunks);
         let _ = reader.await;
         progress.finish();
         if let Some(error) = failure {
             return Err(error);
         }
+        phases.push(("read_and_write", phase.elapsed().as_secs_f64()));
 
         let mut warnings = Vec::new();
         if !request.dry_run {
+            let phase = Instant::now();
             let compactor = Compactor { pool: self.pool.clone(), clickhouse: self.clickhouse.clone(), topic: self.kafka.topic.clone() };
             compactor.rebuild(StaleHours { from: range.from as u32, to: range.to as u32 }).await?;
             progress.note("compacted rows of the range rebuilt");
+            phases.push(("compaction", phase.elapsed().as_secs_f64()));
+            let phase = Instant::now();
             let set = write::set_run_totals(&self.pool, &self.clickhouse, &self.kafka.topic, &tally.runs).await?;
             progress.note(&format!("totals of {set} agent runs set from their generations"));
+            phases.push(("run_totals", phase.elapsed().as_secs_f64()));
             if let Some((redis, prefix)) = &self.redis {
                 if let Err(error) = write::forget_live_windows(redis, prefix, &self.kafka.topic).await {
                     warnings.push(format!(
@@ -419,18 +466,27 @@ impl Replayer {
                 }
             }
         }
+        tally.phases = phases;
         Ok((tally, superseded, warnings))
     }
 
-    /// Computes and (unless a dry run) writes one chunk.
-    async fn apply_chunk(&self, request: &Request, source_kind: SourceKind, chunk: Chunk, prices: &PriceTable, v_rows: u64, tally: &mut Tally) -> Result<(), ReplayError> {
+    /// Computes one chunk: the rows to write and the raw rows among them whose cost changed.
+    async fn prepare_chunk(
+        &self,
+        request: &Request,
+        source_kind: SourceKind,
+        chunk: Chunk,
+        prices: &PriceTable,
+        v_rows: u64,
+        tally: &mut Tally,
+    ) -> Result<Option<(BatchOutput, Option<BTreeSet<i64>>)>, ReplayError> {
         tally.read += chunk.read;
         let partition = chunk.partition;
         let mut events = chunk.events;
         if source_kind == SourceKind::Kafka {
             events = self.first_seen_here(partition, events).await?;
         }
-        let Some(first) = events.iter().map(|event| event.offset).min() else { return Ok(()) };
+        let Some(first) = events.iter().map(|event| event.offset).min() else { return Ok(None) };
         events.sort_by_key(|event| event.offset);
         let stored: HashMap<usize, (Option<Decimal>, CostSource)> =
             events.iter().filter_map(|event| event.stored.map(|stored| (&event.generation as *const Generation as usize, stored))).collect();
@@ -451,10 +507,7 @@ impl Replayer {
         tally.rejected += output.rejected.len() as u64;
         tally.runs.extend(output.runs.deltas.keys().cloned());
         let changed = self.diff(&events, &output, source_kind, tally);
-        if request.dry_run {
-            return Ok(());
-        }
-        self.write(&output, changed, tally).await
+        Ok(Some((output, changed)))
     }
 
     /// The events of a Kafka chunk that count at their own position (their key was first
@@ -507,22 +560,24 @@ impl Replayer {
     }
 
     /// Writes a chunk's rows: every derived row, and the raw rows that are new (Kafka) or whose
-    /// cost changed (archive, `changed`).
-    async fn write(&self, output: &BatchOutput, changed: Option<BTreeSet<i64>>, tally: &mut Tally) -> Result<(), ReplayError> {
+    /// cost changed (archive, `changed`). Returns the rows written per table.
+    async fn write(&self, output: BatchOutput, changed: Option<BTreeSet<i64>>) -> Result<[(&'static str, u64); 4], ReplayError> {
         let max = self.max_partitions_per_insert;
         let raw: Vec<_> = match &changed {
             None => output.generations.iter().collect(),
             Some(changed) => output.generations.iter().filter(|row| changed.contains(&row.kafka_offset)).collect(),
         };
-        *tally.written.entry("generations".into()).or_default() += raw.len() as u64;
+        let raw_rows = raw.len() as u64;
         insert_output_rows::<RawEvents>(&self.clickhouse, raw, max).await?;
-        *tally.written.entry("cost_rollup_batches".into()).or_default() += output.rollups.len() as u64;
         insert_output_rows::<CostRollup>(&self.clickhouse, output.rollups.iter().collect(), max).await?;
-        *tally.written.entry("cache_stats_batches".into()).or_default() += output.cache_stats.len() as u64;
         insert_output_rows::<CacheStats>(&self.clickhouse, output.cache_stats.iter().collect(), max).await?;
-        *tally.written.entry("rate_windows_batches".into()).or_default() += output.rate_windows.len() as u64;
         insert_output_rows::<RateWindows>(&self.clickhouse, output.rate_windows.iter().collect(), max).await?;
-        Ok(())
+        Ok([
+            ("generations", raw_rows),
+            ("cost_rollup_batches", output.rollups.len() as u64),
+            ("cache_stats_batches", output.cache_stats.len() as u64),
+            ("rate_windows_batches", output.rate_windows.len() as u64),
+        ])
     }
 }
 
