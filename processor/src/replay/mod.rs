@@ -393,10 +393,16 @@ impl Replayer {
         };
 
         let mut phases: Vec<(&'static str, f64)> = Vec::new();
-        let phase = Instant::now();
-        let superseded = write::zero_batch_rows(&self.clickhouse, range, project, fence, v_zero, request.dry_run).await?;
+        // Step 1 beside step 2 (see write::zero_batch_rows).
+        let zeroing = {
+            let (clickhouse, project, fence, dry_run) = (self.clickhouse.clone(), request.project.clone(), fence.clone(), request.dry_run);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let counts = write::zero_batch_rows(&clickhouse, range, project.as_deref(), &fence, v_zero, dry_run).await?;
+                Ok::<_, ReplayError>((counts, started.elapsed().as_secs_f64()))
+            })
+        };
         progress.start(total);
-        phases.push(("supersede", phase.elapsed().as_secs_f64()));
         let phase = Instant::now();
         let mut tally = Tally::default();
         let mut failure = None;
@@ -441,23 +447,35 @@ impl Replayer {
         drop(writes);
         drop(chunks);
         let _ = reader.await;
+        let zeroed = zeroing.await.map_err(|error| ReplayError::ClickHouse(format!("superseding the old rows: {error}")))?;
         progress.finish();
         if let Some(error) = failure {
             return Err(error);
         }
+        let (superseded, zero_secs) = zeroed?;
+        phases.push(("supersede", zero_secs));
         phases.push(("read_and_write", phase.elapsed().as_secs_f64()));
 
         let mut warnings = Vec::new();
         if !request.dry_run {
-            let phase = Instant::now();
+            // Steps 3 and 4 read and write different tables: side by side.
             let compactor = Compactor { pool: self.pool.clone(), clickhouse: self.clickhouse.clone(), topic: self.kafka.topic.clone() };
-            compactor.rebuild(StaleHours { from: range.from as u32, to: range.to as u32 }).await?;
-            progress.note("compacted rows of the range rebuilt");
-            phases.push(("compaction", phase.elapsed().as_secs_f64()));
-            let phase = Instant::now();
-            let set = write::set_run_totals(&self.pool, &self.clickhouse, &self.kafka.topic, &tally.runs).await?;
-            progress.note(&format!("totals of {set} agent runs set from their generations"));
-            phases.push(("run_totals", phase.elapsed().as_secs_f64()));
+            let timed = |started: Instant| started.elapsed().as_secs_f64();
+            let (compaction, runs) = tokio::join!(
+                async {
+                    let started = Instant::now();
+                    compactor.rebuild(StaleHours { from: range.from as u32, to: range.to as u32 }).await.map(|_| timed(started))
+                },
+                async {
+                    let started = Instant::now();
+                    write::set_run_totals(&self.pool, &self.clickhouse, &self.kafka.topic, &tally.runs).await.map(|set| (set, timed(started)))
+                }
+            );
+            let compaction_secs = compaction?;
+            let (set, run_secs) = runs?;
+            progress.note(&format!("compacted rows of the range rebuilt; totals of {set} agent runs set from their generations"));
+            phases.push(("compaction", compaction_secs));
+            phases.push(("run_totals", run_secs));
             if let Some((redis, prefix)) = &self.redis {
                 if let Err(error) = write::forget_live_windows(redis, prefix, &self.kafka.topic).await {
                     warnings.push(format!(

@@ -40,9 +40,12 @@ pub const BATCH_TABLES: [BatchTable; 3] = [
     BatchTable { table: "rate_windows_batches", time: "minute", identity: "source_partition, source_batch_start, project_id, subject_kind, subject, minute" },
 ];
 
-fn batch_rows(table: &BatchTable, range: HourRange, fence: &Frontier) -> String {
+/// The rows of `range` below `fence` written before this replay (version below `version`): the
+/// replay's own rows, which may already be arriving, are not superseded.
+fn batch_rows(table: &BatchTable, range: HourRange, fence: &Frontier, version: u64) -> String {
     format!(
         "FROM {table} PREWHERE {time} >= toDateTime({from}) AND {time} < toDateTime({to}) AND (? = '' OR project_id = ?) AND {below}
+         WHERE batch_end < {version}
          GROUP BY {identity}",
         table = table.table,
         time = table.time,
@@ -54,7 +57,8 @@ fn batch_rows(table: &BatchTable, range: HourRange, fence: &Frontier) -> String 
 }
 
 /// Step 1 (or, with `dry_run`, only the count): the identities of the batch rows of `range`
-/// below `fence` per table, zeroed with version `version`.
+/// below `fence` per table, zeroed with version `version`. It may run while step 2 writes: the
+/// zeroed rows lose to the recomputed ones whatever the order.
 pub async fn zero_batch_rows(
     clickhouse: &clickhouse::Client,
     range: HourRange,
@@ -66,7 +70,7 @@ pub async fn zero_batch_rows(
     let project = project.unwrap_or("");
     let mut counts = Vec::new();
     for table in &BATCH_TABLES {
-        let rows = batch_rows(table, range, fence);
+        let rows = batch_rows(table, range, fence, version);
         let count: u64 = clickhouse
             .query(&format!("SELECT count() FROM (SELECT {identity} {rows})", identity = table.identity))
             .bind(project)
