@@ -185,8 +185,10 @@ fn text(summary: &Summary) -> String {
     );
     let phases: Vec<String> = summary.phases.iter().map(|(phase, secs)| format!("{phase} {secs:.1} s")).collect();
     let _ = writeln!(out, "phases: {}", phases.join(", "));
-    let superseded: Vec<String> = summary.superseded.iter().map(|(table, count)| format!("{table} {count}")).collect();
-    let _ = writeln!(out, "batch rows superseded: {}", superseded.join(", "));
+    if let Some(superseded) = &summary.superseded {
+        let superseded: Vec<String> = superseded.iter().map(|(table, count)| format!("{table} {count}")).collect();
+        let _ = writeln!(out, "batch row identities to supersede: {}", superseded.join(", "));
+    }
     if !summary.dry_run {
         let written: Vec<String> = summary.written.iter().map(|(table, count)| format!("{table} {count}")).collect();
         let _ = writeln!(out, "rows written: {}", if written.is_empty() { "none".into() } else { written.join(", ") });

@@ -178,8 +178,8 @@ pub struct Summary {
     pub events: u64,
     /// Events the checks reject (the stores cannot hold them); left out, as live.
     pub rejected: u64,
-    /// Batch rows superseded, per table.
-    pub superseded: BTreeMap<String, u64>,
+    /// Identities of batch rows superseded, per table (counted in dry runs only).
+    pub superseded: Option<BTreeMap<String, u64>>,
     /// Rows written, per table.
     pub written: BTreeMap<String, u64>,
     pub runs_set: u64,
@@ -311,7 +311,7 @@ impl Replayer {
                     read: tally.read,
                     events: tally.events,
                     rejected: tally.rejected,
-                    superseded: superseded.into_iter().map(|(table, count)| (table.to_string(), count)).collect(),
+                    superseded: superseded.map(|counts| counts.into_iter().map(|(table, count)| (table.to_string(), count)).collect()),
                     written: tally.written,
                     runs_set: tally.runs.len() as u64,
                     elapsed_secs: elapsed,
@@ -355,7 +355,7 @@ impl Replayer {
         source_kind: SourceKind,
         id: i64,
         progress: &mut dyn Progress,
-    ) -> Result<(Tally, Vec<(&'static str, u64)>, Vec<String>), ReplayError> {
+    ) -> Result<(Tally, Option<Vec<(&'static str, u64)>>, Vec<String>), ReplayError> {
         let v_zero = VERSION_BASE + 2 * id as u64;
         let v_rows = v_zero + 1;
         let prices = PriceTable::load(&self.pool).await?;
