@@ -3,7 +3,8 @@
 //!
 //! The services (ingest, processor with its compactor, query API) talk to 18.16 through a
 //! recording proxy while generated traffic flows (`support::dashboards::load_traffic`) and the
-//! query API answers costs, cache statistics, violations and cost reports. Then `scripts/chdb-compare.py` (in
+//! query API answers costs, cache statistics, violations and cost reports, and a replay and a
+//! reprice run over the first pass's hours. Then `scripts/chdb-compare.py` (in
 //! the environment of `scripts/python-env`: chdb-core, ClickHouse 26.9 in-process) applies
 //! the migrations, copies the rows 18.16 holds, and runs, on both engines, every read statement
 //! the services sent (the SELECT of an `INSERT ... SELECT` too) and every query of the Grafana
@@ -26,8 +27,19 @@ use serde_json::{json, Value};
 use support::dashboards::{load_traffic, read_dashboards, single_quote};
 use support::{eventually, TestEnv};
 use tally_common::migrate;
+use tally_processor::replay::Kind;
 
 const PROJECT: &str = "current";
+
+/// Replay progress nobody watches.
+struct Quiet;
+
+impl tally_processor::replay::Progress for Quiet {
+    fn start(&mut self, _total: u64) {}
+    fn advance(&mut self, _read: u64) {}
+    fn note(&mut self, _line: &str) {}
+    fn finish(&mut self) {}
+}
 
 /// One request a service sent to ClickHouse: the `query` URL parameter, if any, and the body.
 #[derive(Clone)]
@@ -127,6 +139,33 @@ async fn every_statement_runs_on_a_current_clickhouse_with_the_same_answers() {
         let status = response.status();
         let body = response.text().await.unwrap();
         assert_eq!(status, 200, "{path}: {body}");
+    }
+    // A replay of the first pass's hours from the archive and a dry-run reprice of one model:
+    // their statements (superseding rows, reading the archive, the compaction rebuild, the run
+    // totals) are recorded too.
+    let replayer = tally_processor::replay::Replayer {
+        pool: env.pool.clone(),
+        clickhouse: tally_common::stores::clickhouse_client(&env.config.clickhouse),
+        kafka: env.config.kafka.clone(),
+        redis: None,
+        accept_future_secs: env.config.ingest.accept_future_secs,
+        max_partitions_per_insert: env.config.processor.max_partitions_per_insert,
+        chunk_events: 500,
+    };
+    let at = |seconds: i64| time::OffsetDateTime::from_unix_timestamp(seconds).unwrap();
+    for (kind, model, dry_run) in [(Kind::Replay, None, false), (Kind::Reprice, Some("gpt-4o".to_string()), true)] {
+        let request = tally_processor::replay::Request {
+            kind,
+            from: at(passes[0].1.from),
+            to: at(passes[0].1.to),
+            project: Some(PROJECT.into()),
+            source: Some(tally_processor::replay::SourceKind::Archive),
+            model,
+            dry_run,
+            ran_by: "test".into(),
+        };
+        let summary = replayer.run(&request, &mut Quiet).await.unwrap_or_else(|error| panic!("{kind:?}: {error}"));
+        assert!(summary.events > 0, "the {kind:?} read the first pass's events: {summary:?}");
     }
     env.stop_services().await;
 
