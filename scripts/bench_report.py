@@ -129,6 +129,15 @@ if query:
               f"reports are streamed, so a larger report does not raise it.")
 else:
     print("\n(d) query latency on a store of 10M generation events: not run (BENCH_SCENARIOS=d).")
+replay = out / "e" / "results.txt"
+if replay.exists():
+    print("\n## (e) Replay beside the drain rate\n")
+    print("`scripts/drain` with `DRAIN_REPLAY=on`, services stopped: ingest alone fills a fresh topic, the processor alone drains it "
+          "(timed from its start), then `tally replay` recomputes those hours from Kafka and from the archive (ClickHouse's raw rows) "
+          "with the processor stopped. *read* counts every message or row read, *events* those that made derived rows "
+          "(duplicates and invalid events are read, not counted). Goal: replay read/s at least the drain's events/s.\n")
+    for line in replay.read_text().strip().splitlines():
+        print(f"- {line.strip()}")
 notes = Path(__file__).resolve().parent.parent / "docs" / "performance-notes.md"
 if notes.exists():
     print("\n" + notes.read_text().strip())

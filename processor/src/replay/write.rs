@@ -24,6 +24,9 @@ pub struct BatchTable {
     pub table: &'static str,
     pub time: &'static str,
     pub identity: &'static str,
+    /// True for a row that counts something: false only for a zeroed row of an earlier replay,
+    /// which needs no superseding (it adds nothing, and its identity's other rows are superseded).
+    pub counts: &'static str,
 }
 
 pub const BATCH_TABLES: [BatchTable; 3] = [
@@ -31,22 +34,33 @@ pub const BATCH_TABLES: [BatchTable; 3] = [
         table: "cost_rollup_batches",
         time: "hour",
         identity: "source_partition, source_batch_start, project_id, hour, application, environment, provider, model, user_id",
+        counts: "requests > 0",
     },
     BatchTable {
         table: "cache_stats_batches",
         time: "hour",
         identity: "source_partition, source_batch_start, project_id, hour, application, environment, provider, model, cache_kind",
+        counts: "lookups + hits + semantic_hits + misses > 0",
     },
-    BatchTable { table: "rate_windows_batches", time: "minute", identity: "source_partition, source_batch_start, project_id, subject_kind, subject, minute" },
+    BatchTable {
+        table: "rate_windows_batches",
+        time: "minute",
+        identity: "source_partition, source_batch_start, project_id, subject_kind, subject, minute",
+        counts: "requests + tokens > 0",
+    },
 ];
 
-/// The rows of `range` below `fence` written before this replay (version below `version`): the
-/// replay's own rows, which may already be arriving, are not superseded.
+/// The rows of `range` below `fence` written before this replay (version below `version`) that
+/// count something: the replay's own rows, which may already be arriving, are not superseded,
+/// nor the zeroed rows of an earlier replay (without that filter every replay of a range would
+/// zero all the rows the ones before it wrote, until merges collapse them: measured, a second
+/// replay's superseding took 4.7 s against the first's 1.0 s).
 fn batch_rows(table: &BatchTable, range: HourRange, fence: &Frontier, version: u64) -> String {
     format!(
         "FROM {table} PREWHERE {time} >= toDateTime({from}) AND {time} < toDateTime({to}) AND (? = '' OR project_id = ?) AND {below}
-         WHERE batch_end < {version}",
+         WHERE batch_end < {version} AND {counts}",
         table = table.table,
+        counts = table.counts,
         time = table.time,
         from = range.from,
         to = range.to,
