@@ -23,6 +23,7 @@
 
 pub mod admission;
 pub mod metrics;
+pub mod otlp;
 pub mod parse;
 pub mod producer;
 
@@ -114,6 +115,8 @@ pub fn router(state: Arc<IngestState>) -> anyhow::Result<Router> {
     let body_limit = state.limits.max_body_bytes;
     Ok(Router::new()
         .route("/v1/events", post(ingest_events))
+        // Errors of the OTLP route (extractor refusals too) answer as google.rpc.Status.
+        .route("/v1/traces", post(ingest_traces).layer(middleware::from_fn(otlp_errors)))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_endpoint))
         .route_layer(middleware::from_fn_with_state(http_metrics, telemetry::track_http))
@@ -247,16 +250,21 @@ struct Prepared {
     message_index: Vec<usize>,
 }
 
-/// CPU-bound part of a request: decompress, parse, validate, stamp the sending key on each
-/// generation (the `api_key` rate-limit subject), encode.
+/// CPU-bound part of a request: decompress, parse, validate, then [`encode`].
 fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String, key_id: String, limits: Limits) -> Result<Prepared, BodyError> {
     let decompressed = parse::decompress(&body, encoding.as_deref(), limits.max_body_bytes)?;
-    let mut parsed = parse::parse_body(&decompressed, ndjson, &project, now_micros(), &limits)?;
+    let parsed = parse::parse_body(&decompressed, ndjson, &project, now_micros(), &limits)?;
+    Ok(encode(parsed, &key_id, |index| parse::event_path(ndjson, index)))
+}
+
+/// Stamps the sending key on each generation (the `api_key` rate-limit subject) and encodes the
+/// valid events; an event the encoder refuses is rejected at `path_of(index)`.
+fn encode(mut parsed: Vec<ParsedEvent>, key_id: &str, path_of: impl Fn(usize) -> String) -> Prepared {
     let mut messages = Vec::with_capacity(parsed.len());
     let mut message_index = Vec::with_capacity(parsed.len());
     for (position, event) in parsed.iter_mut().enumerate() {
         if let Ok(Event::Generation(generation)) = &mut event.outcome {
-            generation.api_key_id = Some(key_id.clone());
+            generation.api_key_id = Some(key_id.to_owned());
         }
         let Ok(decoded) = &event.outcome else { continue };
         let key = match decoded {
@@ -270,12 +278,29 @@ fn prepare(body: Bytes, encoding: Option<String>, ndjson: bool, project: String,
                 message_index.push(position);
             }
             Err(error) => {
-                let path = parse::event_path(ndjson, event.index);
+                let path = path_of(event.index);
                 event.outcome = Err(parse::EventError { code: parse::ErrorCode::InvalidField, path, message: error.to_string() });
             }
         }
     }
-    Ok(Prepared { parsed, messages, message_index })
+    Prepared { parsed, messages, message_index }
+}
+
+/// Reads the body under the size limit and `ingest.body_read_timeout_ms`.
+async fn read_body(state: &IngestState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.limits.max_body_bytes;
+    match tokio::time::timeout(state.admission.body_read_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => {
+            state.metrics.refused.with_label_values(&["slow_body"]).inc();
+            let seconds = state.admission.body_read_timeout.as_secs_f64();
+            Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the body did not arrive within {seconds} s (ingest.body_read_timeout_ms)")))
+        }
+        Ok(Err(error)) if std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>()) => {
+            Err(body_error(BodyError::TooLarge { limit }))
+        }
+        Ok(Err(error)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the body could not be read: {error}"))),
+        Ok(Ok(body)) => Ok(body),
+    }
 }
 
 /// Admission (see [`admission`]) in the order of the arguments: a slot, the key (the extractors,
@@ -290,19 +315,7 @@ async fn ingest_events(
     let project = principal.project;
     let key_id = principal.key_id.to_string();
     state.admission.precheck(&project).inspect_err(|_| state.metrics.refused.with_label_values(&["quota"]).inc())?;
-    let limit = state.limits.max_body_bytes;
-    let body = match tokio::time::timeout(state.admission.body_read_timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => {
-            state.metrics.refused.with_label_values(&["slow_body"]).inc();
-            let seconds = state.admission.body_read_timeout.as_secs_f64();
-            return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the body did not arrive within {seconds} s (ingest.body_read_timeout_ms)")));
-        }
-        Ok(Err(error)) if std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>()) => {
-            return Err(body_error(BodyError::TooLarge { limit }));
-        }
-        Ok(Err(error)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the body could not be read: {error}"))),
-        Ok(Ok(body)) => body,
-    };
+    let body = read_body(&state, body).await?;
     let span = tracing::info_span!("ingest_batch", project = %project, bytes = body.len());
     async move {
         let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -338,6 +351,104 @@ async fn ingest_events(
     }
     .instrument(span)
     .await
+}
+
+/// `POST /v1/traces`: an OTLP/HTTP trace export (see [`otlp`]), with the admission of
+/// `/v1/events` in the same order. The answer is an `ExportTraceServiceResponse`; a delivery
+/// failure of any event answers 503 for the whole export, which the exporter retries (event ids
+/// come from trace and span ids, so what got through counts once).
+async fn ingest_traces(
+    State(state): State<Arc<IngestState>>,
+    _slot: RequestSlot,
+    Project(principal): Project,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let project = principal.project;
+    let key_id = principal.key_id.to_string();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let encoding = otlp::Encoding::of(content_type).map_err(|error| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", error.to_string()))?;
+    state.admission.precheck(&project).inspect_err(|_| state.metrics.refused.with_label_values(&["quota"]).inc())?;
+    let body = read_body(&state, body).await?;
+    let span = tracing::info_span!("ingest_traces", project = %project, bytes = body.len(), encoding = ?encoding);
+    async move {
+        let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let limits = state.limits.clone();
+        let quota_project = project.clone();
+        let prepare_seconds = state.metrics.prepare_seconds.clone();
+        let (mut export, prepared) = tokio::task::spawn_blocking(move || {
+            let _timer = prepare_seconds.start_timer();
+            let decompressed = parse::decompress(&body, content_encoding.as_deref(), limits.max_body_bytes)?;
+            let mut export = otlp::read_export(&decompressed, encoding, &project, now_micros(), &limits)?;
+            let prepared = encode(std::mem::take(&mut export.parsed), &key_id, |index| parse::event_path(true, index));
+            Ok::<_, otlp::OtlpError>((export, prepared))
+        })
+        .await
+        .map_err(|error| ApiError::internal("reading the export", &error))?
+        .map_err(|error| {
+            state.metrics.events.with_label_values(&["body_rejected"]).inc();
+            match error {
+                otlp::OtlpError::Body(error) => body_error(error),
+                otlp::OtlpError::TooManySpans { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", error.to_string()),
+                error => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", error.to_string()),
+            }
+        })?;
+        state.metrics.otlp_spans.with_label_values(&["event"]).inc_by(export.spans.len() as u64);
+        state.metrics.otlp_spans.with_label_values(&["skipped"]).inc_by(export.skipped as u64);
+        state.metrics.otlp_spans.with_label_values(&["unmappable"]).inc_by(export.unmappable.len() as u64);
+        state.metrics.batch_events.observe(prepared.parsed.len() as f64);
+        let quota = state.admission.charge(&quota_project, prepared.parsed.len()).inspect_err(|_| state.metrics.refused.with_label_values(&["quota"]).inc())?;
+        let produced = match state.producer.produce_all(&prepared.messages).await {
+            Ok(produced) => produced,
+            Err(error) => return Err(ApiError::unavailable("backpressure", format!("{error}; nothing of this export was accepted"), RETRY_AFTER_SECS)),
+        };
+        let Prepared { parsed, message_index, .. } = prepared;
+        export.parsed = parsed;
+        let success = otlp::success_body(&export, encoding);
+        let mut delivery: Vec<Option<Result<(), ProduceError>>> = (0..export.parsed.len()).map(|_| None).collect();
+        for (position, result) in message_index.into_iter().zip(produced) {
+            delivery[position] = Some(result);
+        }
+        let (_, counts) = answer_body(export.parsed, delivery, |code| state.metrics.events.with_label_values(&[code.as_str()]).inc());
+        let failed = counts.failed.unwrap_or(0);
+        state.metrics.events.with_label_values(&["accepted"]).inc_by(counts.accepted as u64);
+        state.metrics.events.with_label_values(&["failed"]).inc_by(failed as u64);
+        if failed > 0 {
+            state.metrics.backpressure.with_label_values(&["not_acknowledged"]).inc();
+            let message = format!("Kafka did not acknowledge {failed} of the export's events; retry the export ({} were accepted and will not count twice)", counts.accepted);
+            return Err(ApiError::unavailable("unavailable", message, RETRY_AFTER_SECS));
+        }
+        let mut response = ([(header::CONTENT_TYPE, encoding.content_type())], success).into_response();
+        if let Some(quota) = quota {
+            quota.apply(response.headers_mut());
+        }
+        Ok(response)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Re-encodes the `/v1/traces` error answers ([`ApiError`]'s JSON, from the handler or its
+/// extractors) as the `google.rpc.Status` OTLP/HTTP specifies, in the request's encoding
+/// (protobuf unless the request was JSON); status and headers (`Retry-After`) stay.
+async fn otlp_errors(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let encoding = otlp::Encoding::of(content_type).unwrap_or(otlp::Encoding::Protobuf);
+    let response = next.run(request).await;
+    if !(response.status().is_client_error() || response.status().is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // ApiError bodies are a few hundred bytes.
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|error| error["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let status = otlp::status_body(parts.status.as_u16(), &message, encoding);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(status))
 }
 
 fn answer(state: &IngestState, prepared: Prepared, produced: Vec<Result<(), ProduceError>>) -> Response {

@@ -19,6 +19,10 @@ pub struct IngestMetrics {
     pub batch_events: Histogram,
     /// Kafka producers replaced because they stopped acknowledging (see producer.rs).
     pub producer_replacements: IntCounter,
+    /// OTLP spans (`/v1/traces`) by what became of them: `event` (mapped to an event, which
+    /// `events` then counts), `skipped` (not an LLM call or agent run), `unmappable` (no valid
+    /// trace or span id).
+    pub otlp_spans: IntCounterVec,
 }
 
 impl IngestMetrics {
@@ -46,6 +50,9 @@ impl IngestMetrics {
         )?;
         let producer_replacements =
             IntCounter::new("tally_ingest_producer_replacements_total", "Kafka producers replaced after failing every delivery for a while")?;
+        let otlp_spans =
+            IntCounterVec::new(Opts::new("tally_ingest_otlp_spans_total", "OTLP spans received, by outcome (event, skipped, unmappable)"), &["outcome"])?;
+        registry.register(Box::new(otlp_spans.clone()))?;
         registry.register(Box::new(producer_replacements.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(backpressure.clone()))?;
@@ -53,6 +60,6 @@ impl IngestMetrics {
         registry.register(Box::new(produce_seconds.clone()))?;
         registry.register(Box::new(batch_events.clone()))?;
         registry.register(Box::new(prepare_seconds.clone()))?;
-        Ok(Self { events, backpressure, refused, produce_seconds, prepare_seconds, batch_events, producer_replacements })
+        Ok(Self { events, backpressure, refused, produce_seconds, prepare_seconds, batch_events, producer_replacements, otlp_spans })
     }
 }
