@@ -11,6 +11,10 @@
 //!
 //! Runs on mimalloc, the allocator of the `tally` binary.
 //!
+//! `otlp_protobuf` is the same work for `POST /v1/traces`: 1,000 chat spans of the OpenTelemetry
+//! Python SDK's shape (gen_ai attributes, resource with service.name) as a protobuf
+//! `ExportTraceServiceRequest`, decoded, mapped and validated (`otlp::read_export`).
+//!
 //! Run: `CARGO_TARGET_DIR=/var/tmp/tally-cache/target cargo bench -p tally-ingest --bench parse`
 //! (quick run: append `-- --warm-up-time 1 --measurement-time 3`). Reported time is per batch of
 //! 1,000 events; the throughput line is events/s on one core.
@@ -19,6 +23,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
+use prost::Message;
+use tally_ingest::otlp::proto::{AnyValue, ExportTraceServiceRequest, KeyValue, Resource, ResourceSpans, ScopeSpans, Span, Value as Otlp};
+use tally_ingest::otlp::{read_export, Encoding};
 use tally_ingest::parse::{parse_body, Limits};
 
 #[global_allocator]
@@ -145,6 +152,46 @@ fn events() -> Vec<Value> {
     (0..EVENTS).map(|index| if index % 50 == 49 { agent_run(&mut draw, index) } else { generation(&mut draw, index) }).collect()
 }
 
+fn otlp_export() -> Vec<u8> {
+    let mut draw = Draw(0x07e1_0001);
+    let text = |key: &str, value: &str| KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Otlp::String(value.into())) }) };
+    let int = |key: &str, value: u64| KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Otlp::Int(value as i64)) }) };
+    let spans = (0..EVENTS)
+        .map(|index| {
+            let (provider, model) = MODELS[draw.below(MODELS.len() as u64) as usize];
+            let input = 200 + draw.below(4_000);
+            let cache_read = draw.below(input / 2);
+            let output = 20 + draw.below(800);
+            let start = 1_764_140_400_000_000_000u64 + index as u64 * 37_000_000;
+            Span {
+                trace_id: [draw.next().to_be_bytes(), draw.next().to_be_bytes()].concat(),
+                span_id: draw.next().to_be_bytes().to_vec(),
+                parent_span_id: draw.next().to_be_bytes().to_vec(),
+                name: format!("chat {model}"),
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + 300_000_000 + draw.below(6_000_000_000),
+                attributes: vec![
+                    text("gen_ai.operation.name", "chat"),
+                    text("gen_ai.provider.name", provider),
+                    text("gen_ai.request.model", model),
+                    text("gen_ai.response.model", model),
+                    int("gen_ai.usage.input_tokens", input),
+                    int("gen_ai.usage.output_tokens", output),
+                    int("gen_ai.usage.cache_read.input_tokens", cache_read),
+                    text("gen_ai.response.id", &format!("chatcmpl-{:016x}", draw.next())),
+                    text("user.id", &format!("user_{}", draw.below(500))),
+                    text("gen_ai.conversation.id", &format!("conv_{}", draw.next())),
+                    int("gen_ai.request.max_tokens", 1_024),
+                    text("server.address", "api.openai.com"),
+                ],
+                status: None,
+            }
+        })
+        .collect();
+    let resource = Resource { attributes: vec![text("service.name", "chat"), text("deployment.environment.name", "production"), text("telemetry.sdk.language", "python")] };
+    ExportTraceServiceRequest { resource_spans: vec![ResourceSpans { resource: Some(resource), scope_spans: vec![ScopeSpans { spans }] }] }.encode_to_vec()
+}
+
 fn parse(c: &mut Criterion) {
     let events = events();
     let json_body = serde_json::to_vec(&json!({ "events": events })).expect("serializable");
@@ -164,6 +211,13 @@ fn parse(c: &mut Criterion) {
     });
     group.bench_function("ndjson", |b| {
         b.iter(|| parse_body(black_box(&ndjson_body), true, "proj_bench", RECEIVED_AT_US, &limits))
+    });
+    let otlp_body = otlp_export();
+    let export = read_export(&otlp_body, Encoding::Protobuf, "proj_bench", RECEIVED_AT_US, &limits).expect("a valid export");
+    assert_eq!((export.spans.len(), export.rejected()), (EVENTS, 0), "every benchmark span is valid");
+    eprintln!("OTLP protobuf body: {} bytes", otlp_body.len());
+    group.bench_function("otlp_protobuf", |b| {
+        b.iter(|| read_export(black_box(&otlp_body), Encoding::Protobuf, "proj_bench", RECEIVED_AT_US, &limits))
     });
     group.finish();
 }

@@ -79,9 +79,38 @@ pub struct MappedSpan {
     pub span_id: String,
     pub name: String,
     pub event: Map<String, Json>,
-    /// Event field -> where in the span it came from (`attributes["gen_ai.usage.input_tokens"]`,
-    /// `startTimeUnixNano`); for a required field that is absent, the attributes it may come from.
-    pub sources: Vec<(&'static str, String)>,
+    /// Event field -> where in the span it came from; for a field that is absent, the attributes
+    /// it may come from. Paths are only written out for errors ([`MappedSpan::span_path`]).
+    pub sources: Vec<(&'static str, Source)>,
+}
+
+/// Where an event field came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// `attributes["key"]`
+    Attribute(&'static str),
+    /// `resource.attributes["key"]`
+    Resource(&'static str),
+    /// A field of the span itself: `startTimeUnixNano`, `status.message`, `name`, `attributes`.
+    Span(&'static str),
+    /// Absent: one of these attributes would have filled it.
+    AnyOf(&'static [&'static str]),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Attribute(key) => write!(formatter, "attributes[{key:?}]"),
+            Source::Resource(key) => write!(formatter, "resource.attributes[{key:?}]"),
+            Source::Span(field) => formatter.write_str(field),
+            Source::AnyOf(keys) => {
+                for (position, key) in keys.iter().enumerate() {
+                    write!(formatter, "{}attributes[{key:?}]", if position == 0 { "" } else { " or " })?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// What became of one span before validation.
@@ -93,19 +122,21 @@ pub enum SpanOutcome {
     Rejected { locator: String, message: String },
 }
 
-/// The attributes of one span, by key (the last of duplicate keys wins, as in OTLP's maps).
+/// The attributes of one span and of its resource (the last of duplicate keys wins, as in
+/// OTLP's maps). A linear scan: spans carry a few dozen attributes, and measured on
+/// `benches/parse.rs` a hash map per span cost more than the scans it saved.
 struct Attributes<'a> {
-    span: HashMap<&'a str, &'a AnyValue>,
-    resource: HashMap<&'a str, &'a AnyValue>,
+    span: &'a [KeyValue],
+    resource: &'a [KeyValue],
+}
+
+fn lookup<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attributes.iter().rev().find(|attribute| attribute.key == key).and_then(|attribute| attribute.value.as_ref()).filter(|value| value.value.is_some())
 }
 
 impl<'a> Attributes<'a> {
-    fn index(attributes: &'a [KeyValue]) -> HashMap<&'a str, &'a AnyValue> {
-        attributes.iter().filter_map(|attribute| Some((attribute.key.as_str(), attribute.value.as_ref().filter(|value| value.value.is_some())?))).collect()
-    }
-
     fn span_value(&self, key: &str) -> Option<&'a AnyValue> {
-        self.span.get(key).copied()
+        lookup(self.span, key)
     }
 
     fn text(&self, key: &str) -> Option<&'a str> {
@@ -144,10 +175,6 @@ fn metadata_text(value: &AnyValue) -> String {
         Json::String(text) => text,
         other => other.to_string(),
     }
-}
-
-fn attribute_path(key: &str) -> String {
-    format!("attributes[{key:?}]")
 }
 
 fn rfc3339(unix_nanos: u64) -> Option<String> {
@@ -214,11 +241,11 @@ pub fn map_request(request: &ExportTraceServiceRequest) -> Vec<SpanOutcome> {
 
     let mut outcomes = Vec::new();
     for (r, resource) in request.resource_spans.iter().enumerate() {
-        let resource_attributes = resource.resource.as_ref().map(|resource| Attributes::index(&resource.attributes)).unwrap_or_default();
+        let resource_attributes: &[KeyValue] = resource.resource.as_ref().map_or(&[], |resource| &resource.attributes);
         for (s, scope) in resource.scope_spans.iter().enumerate() {
             for (i, span) in scope.spans.iter().enumerate() {
                 let locator = format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}]");
-                let attributes = Attributes { span: Attributes::index(&span.attributes), resource: resource_attributes.clone() };
+                let attributes = Attributes { span: &span.attributes, resource: resource_attributes };
                 outcomes.push(map_span(span, locator, &attributes, &agent_above));
             }
         }
@@ -238,7 +265,7 @@ fn map_span(span: &Span, locator: String, attributes: &Attributes<'_>, agent_abo
         return SpanOutcome::Rejected { locator, message: format!("spanId must be 8 bytes, not all zero (got {} bytes)", span.span_id.len()) };
     }
     let mut event = Map::new();
-    let mut sources: Vec<(&'static str, String)> = Vec::new();
+    let mut sources: Vec<(&'static str, Source)> = Vec::with_capacity(24);
     let (kind, table) = match role {
         SpanRole::Generation => ("generation", GENERATION_ATTRIBUTES),
         _ => ("agent_run", AGENT_RUN_ATTRIBUTES),
@@ -249,14 +276,14 @@ fn map_span(span: &Span, locator: String, attributes: &Attributes<'_>, agent_abo
         match attributes.first(keys) {
             Some((key, value)) => {
                 event.insert((*field).into(), json_of(value));
-                sources.push((field, attribute_path(key)));
+                sources.push((field, Source::Attribute(key)));
             }
-            None => sources.push((field, keys.iter().map(|key| attribute_path(key)).collect::<Vec<_>>().join(" or "))),
+            None => sources.push((field, Source::AnyOf(keys))),
         }
     }
     for (field, keys) in RESOURCE_ATTRIBUTES {
-        let own = attributes.first(keys).map(|(key, value)| (attribute_path(key), value));
-        let from_resource = || keys.iter().find_map(|key| Some((format!("resource.{}", attribute_path(key)), *attributes.resource.get(key)?)));
+        let own = attributes.first(keys).map(|(key, value)| (Source::Attribute(key), value));
+        let from_resource = || keys.iter().find_map(|key| Some((Source::Resource(key), lookup(attributes.resource, key)?)));
         if let Some((path, value)) = own.or_else(from_resource) {
             event.insert((*field).into(), json_of(value));
             sources.push((field, path));
@@ -267,13 +294,13 @@ fn map_span(span: &Span, locator: String, attributes: &Attributes<'_>, agent_abo
             event.insert("start_time".into(), start.into());
         }
     }
-    sources.push(("start_time", "startTimeUnixNano".into()));
+    sources.push(("start_time", Source::Span("startTimeUnixNano")));
     if span.end_time_unix_nano > 0 {
         if let Some(end) = rfc3339(span.end_time_unix_nano) {
             event.insert("end_time".into(), end.into());
         }
     }
-    sources.push(("end_time", "endTimeUnixNano".into()));
+    sources.push(("end_time", Source::Span("endTimeUnixNano")));
     let failed = span.status.as_ref().is_some_and(|status| status.code == STATUS_CODE_ERROR);
     let mut metadata = Map::new();
     for key in METADATA_ATTRIBUTES {
@@ -284,7 +311,7 @@ fn map_span(span: &Span, locator: String, attributes: &Attributes<'_>, agent_abo
     if !span.name.is_empty() {
         metadata.insert("otel.span.name".into(), span.name.clone().into());
     }
-    sources.push(("metadata", "attributes".into()));
+    sources.push(("metadata", Source::Span("attributes")));
     let span_id = hex::encode(&span.span_id);
     match role {
         SpanRole::Generation => {
@@ -301,7 +328,7 @@ fn map_span(span: &Span, locator: String, attributes: &Attributes<'_>, agent_abo
                 if !event.contains_key("error_type") {
                     let message = span.status.as_ref().map(|status| status.message.as_str()).filter(|message| !message.is_empty());
                     event.insert("error_type".into(), message.unwrap_or("error").into());
-                    sources.push(("error_type", "status.message".into()));
+                    sources.push(("error_type", Source::Span("status.message")));
                 }
             }
         }
@@ -309,7 +336,7 @@ fn map_span(span: &Span, locator: String, attributes: &Attributes<'_>, agent_abo
             event.insert("run_id".into(), span_id.clone().into());
             if !event.contains_key("name") && !span.name.is_empty() {
                 event.insert("name".into(), span.name.clone().into());
-                sources.push(("name", "name".into()));
+                sources.push(("name", Source::Span("name")));
             }
             let status = if failed { "failed" } else { "completed" };
             event.insert("status".into(), status.into());

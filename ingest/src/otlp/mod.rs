@@ -236,6 +236,7 @@ mod tests {
         ]);
         let export = read_export(&body, Encoding::Json, "p1", RECEIVED_US, &limits()).unwrap();
         assert_eq!((export.total, export.skipped, export.spans.len(), export.rejected()), (5, 1, 4, 3));
+        assert!(export.parsed.iter().all(|event| event.warnings.is_empty()), "every mapped field is one /v1/events knows: {:?}", export.parsed);
         let good = export.parsed[0].outcome.as_ref().unwrap();
         let tally_schemas::Event::Generation(generation) = good else { panic!("{good:?}") };
         assert_eq!((generation.input_tokens, generation.output_tokens, generation.duration_us), (100, 20, 1_500_000));
