@@ -357,6 +357,11 @@ impl MappedSpan {
             return format!("{}.attributes{rest}", self.locator);
         }
         match self.sources.iter().rev().find(|(source_field, _)| *source_field == name) {
+            // The resource belongs to `resourceSpans[r]`, not to the span.
+            Some((_, source @ Source::Resource(_))) => {
+                let resource = self.locator.split(".scopeSpans").next().unwrap_or(&self.locator);
+                format!("{resource}.{source}")
+            }
             Some((_, source)) => format!("{}.{source}", self.locator),
             None if suffix.is_empty() => self.locator.clone(),
             None => format!("{}{suffix}", self.locator),
@@ -528,5 +533,36 @@ mod tests {
             no_model.span_path(".model"),
             "resourceSpans[0].scopeSpans[0].spans[4].attributes[\"gen_ai.response.model\"] or attributes[\"gen_ai.request.model\"] or attributes[\"llm.model_name\"]"
         );
+    }
+    #[test]
+    fn the_remaining_rows_of_the_table_map_too() {
+        // Flat cache names, the older reasoning name, error.type, a span-level service.name
+        // over the resource's, and the deprecated deployment.environment.
+        let mut call = span(
+            10,
+            None,
+            vec![
+                text("gen_ai.system", "anthropic"),
+                text("gen_ai.request.model", "claude-haiku"),
+                attribute("gen_ai.usage.input_tokens", Value::Int(90)),
+                attribute("gen_ai.usage.output_tokens", Value::Int(12)),
+                attribute("gen_ai.usage.cache_read_input_tokens", Value::Int(40)),
+                attribute("gen_ai.usage.cache_creation_input_tokens", Value::Int(30)),
+                attribute("gen_ai.usage.reasoning_tokens", Value::Int(4)),
+                text("error.type", "overloaded_error"),
+                text("service.name", "span-service"),
+            ],
+        );
+        call.status = Some(Status { message: "529".into(), code: STATUS_CODE_ERROR });
+        let mut export = request(vec![call]);
+        export.resource_spans[0].resource = Some(Resource { attributes: vec![text("service.name", "resource-service"), text("deployment.environment", "qa")] });
+        let outcomes = map_request(&export);
+        let mapped = mapped(&outcomes[0]);
+        let event = &mapped.event;
+        assert_eq!([&event["cache_read_input_tokens"], &event["cache_creation_input_tokens"], &event["reasoning_tokens"]], [40, 30, 4]);
+        assert_eq!((&event["status"], &event["error_type"]), (&Json::from("error"), &Json::from("overloaded_error")), "error.type wins over the status message");
+        assert_eq!((&event["application"], &event["environment"]), (&Json::from("span-service"), &Json::from("qa")));
+        assert_eq!(mapped.span_path(".environment"), "resourceSpans[0].resource.attributes[\"deployment.environment\"]");
+        assert_eq!(mapped.span_path(".application"), "resourceSpans[0].scopeSpans[0].spans[0].attributes[\"service.name\"]");
     }
 }
