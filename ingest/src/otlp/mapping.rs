@@ -446,6 +446,7 @@ mod tests {
         assert_eq!(event["metadata"]["gen_ai.request.model"], "gpt-4o");
         assert_eq!(event["metadata"]["gen_ai.operation.name"], "chat");
         assert_eq!(event["metadata"]["otel.span.name"], "span 2");
+        assert_eq!(event["metadata"]["gen_ai.agent.name"], "planner");
         assert_eq!(
             [&event["input_tokens"], &event["output_tokens"], &event["cache_read_input_tokens"], &event["cache_creation_input_tokens"], &event["reasoning_tokens"]],
             [100, 20, 30, 10, 5]
@@ -515,7 +516,9 @@ mod tests {
         let mut failed = span(8, None, vec![text("gen_ai.operation.name", "chat"), text("gen_ai.request.model", "gpt-4o")]);
         failed.status = Some(Status { message: "rate limited".into(), code: STATUS_CODE_ERROR });
         let no_model = span(9, None, vec![text("gen_ai.operation.name", "chat")]);
-        let outcomes = map_request(&request(vec![http, tool, no_ids, failed, no_model]));
+        let mut bare_failure = span(11, None, vec![text("llm.system", "mistral"), text("llm.model_name", "mistral-large"), text("gen_ai.agent.id", "a-1"), text("gen_ai.response.id", "r-1")]);
+        bare_failure.status = Some(Status { message: String::new(), code: STATUS_CODE_ERROR });
+        let outcomes = map_request(&request(vec![http, tool, no_ids, failed, no_model, bare_failure]));
         assert!(matches!(outcomes[0], SpanOutcome::Skipped));
         assert!(matches!(outcomes[1], SpanOutcome::Skipped));
         match &outcomes[2] {
@@ -533,6 +536,9 @@ mod tests {
             no_model.span_path(".model"),
             "resourceSpans[0].scopeSpans[0].spans[4].attributes[\"gen_ai.response.model\"] or attributes[\"gen_ai.request.model\"] or attributes[\"llm.model_name\"]"
         );
+        let bare = &mapped(&outcomes[5]).event;
+        assert_eq!((&bare["provider"], &bare["status"], &bare["error_type"]), (&Json::from("mistral"), &Json::from("error"), &Json::from("error")));
+        assert_eq!((&bare["metadata"]["gen_ai.agent.id"], &bare["metadata"]["gen_ai.response.id"]), (&Json::from("a-1"), &Json::from("r-1")));
     }
     #[test]
     fn the_remaining_rows_of_the_table_map_too() {
