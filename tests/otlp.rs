@@ -225,9 +225,15 @@ async fn otlp_spans_from_the_sdk_become_exact_costs_and_agent_runs() {
     assert_eq!(seen, expected, "by served model, service.name and deployment.environment.name");
     assert_eq!(Totals::of(&costs["totals"]).requests, expected_requests, "nothing counted twice");
 
-    // The agent run: the invoke_agent span, with its four calls linked.
-    let runs: Value = env.http.get(format!("{query}/v1/agent/runs?limit=10")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
-    let runs = runs["runs"].as_array().unwrap();
+    // The agent run: the invoke_agent span, with its four calls linked. The run's event and
+    // its calls travel on different partitions (keyed by run and by trace), so it may land later.
+    let runs_url = format!("{query}/v1/agent/runs?limit=10");
+    let runs = eventually("the agent run with its four calls", Duration::from_secs(60), || async {
+        let body: Value = env.http.get(&runs_url).bearer_auth(&key).send().await.ok()?.json().await.ok()?;
+        let runs = body["runs"].as_array()?.clone();
+        runs.iter().any(|run| run["generation_count"].as_u64() == Some(4) && run["name"].is_string()).then_some(runs)
+    })
+    .await;
     assert_eq!(runs.len(), 1, "{runs:?}");
     let run = &runs[0];
     assert_eq!((run["name"].as_str(), run["status"].as_str(), run["user_id"].as_str()), (Some("planner"), Some("completed"), Some("user-7")));
